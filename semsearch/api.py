@@ -1,0 +1,272 @@
+"""The Python entry point for applications: one engine over one collection."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+from .settings import Settings
+from .types import Document, Hit
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .chunking import Chunker
+    from .encoder import Encoder
+    from .ingest import IngestReport, ProgressCallback
+    from .loaders import SkippedInput
+    from .store import MilvusStore, StoredDocument
+
+logger = logging.getLogger(__name__)
+
+
+class SemanticSearch:
+    """Ingest documents into a Milvus collection and search it by meaning.
+
+    The model and the Milvus connection are opened on first use and shared by all
+    calls. Use it as a context manager, or call ``close()``, to release them.
+
+    >>> with SemanticSearch(uri="./semsearch.db") as engine:  # doctest: +SKIP
+    ...     engine.ingest(["docs/"])
+    ...     hits = engine.search("how do I roll back a transaction?", k=5)
+    """
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        collection: str | None = None,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        token: str | None = None,
+        device: str | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+        settings: Settings | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
+        base = settings or Settings.resolve()
+        self.settings = base.with_overrides(
+            uri=uri,
+            collection=collection,
+            model=None if model is None else os.fspath(model),
+            token=token,
+            device=device,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+        )
+        self._encoder = encoder
+        self._store: MilvusStore | None = None
+        self._chunker: Chunker | None = None
+        self._checked = False
+
+    # -- components ---------------------------------------------------------
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            from .encoder import Encoder
+
+            self._encoder = Encoder(
+                self.settings.model,
+                device=self.settings.device,
+                batch_tokens=self.settings.batch_tokens,
+            )
+        return self._encoder
+
+    @property
+    def store(self) -> MilvusStore:
+        if self._store is None:
+            from .store import MilvusStore
+
+            self._store = MilvusStore(
+                self.settings.uri,
+                self.settings.collection,
+                token=self.settings.token,
+            )
+        return self._store
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            from .chunking import Chunker, content_token_budget
+
+            encoder = self.encoder
+            chunk_size = self.settings.chunk_size or encoder.max_seq_length
+            if chunk_size > encoder.max_seq_length:
+                raise ConfigError(
+                    f"chunk size {chunk_size} exceeds the model's max sequence length "
+                    f"{encoder.max_seq_length}; use --chunk-size "
+                    f"{encoder.max_seq_length} or less"
+                )
+            budget = content_token_budget(
+                encoder.tokenizer, chunk_size, encoder.spec.passage_prefix
+            )
+            self._chunker = Chunker(
+                encoder.tokenizer, budget, overlap=self.settings.chunk_overlap
+            )
+        return self._chunker
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> SemanticSearch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- ingest -------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        text_field: str = "text",
+        id_field: str | None = None,
+        title_field: str | None = "title",
+        metadata: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Load files and folders, then sync their chunks into the collection.
+
+        Unreadable files and records are skipped and listed in the report's
+        ``skipped``; the rest are ingested.
+        """
+        from .ingest import IngestReport
+        from .loaders import iter_documents
+
+        report = IngestReport()
+        documents = iter_documents(
+            paths,
+            include=include,
+            exclude=exclude,
+            text_field=text_field,
+            id_field=id_field,
+            title_field=title_field,
+            extra_metadata=metadata,
+            on_skip=report.skipped.append,
+        )
+        return self.ingest_documents(documents, report=report, on_progress=on_progress)
+
+    def ingest_documents(
+        self,
+        documents: Iterable[Document],
+        *,
+        report: IngestReport | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Sync already-loaded documents into the collection."""
+        from .ingest import Ingester
+
+        ingester = Ingester(
+            self.encoder, self.store, self.chunker, on_progress=on_progress
+        )
+        result = ingester.run(documents, report=report)
+        self._checked = True
+        return result
+
+    # -- search -------------------------------------------------------------
+
+    def _open_for_search(self) -> None:
+        if self._checked:
+            return
+        self.store.require()
+        self.store.check_fingerprint(self.encoder.fingerprint)
+        self._checked = True
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        filter: str | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """Return the ``k`` chunks most similar to ``query``, best first."""
+        return self.search_many([query], k, filter, where=where, min_score=min_score)[0]
+
+    def search_many(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filter: str | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[list[Hit]]:
+        """Search several queries at once; returns one hit list per query."""
+        from .filters import combine
+
+        if k < 1:
+            raise ConfigError(f"invalid k {k!r}: ask for at least one hit")
+        if not queries:
+            return []
+        self._open_for_search()
+        expression = combine(filter, where)
+        vectors = self.encoder.encode_queries(list(queries))
+        results = self.store.search(vectors.tolist(), k, expression)
+        if min_score is not None:
+            results = [[h for h in hits if h.score >= min_score] for hits in results]
+        return results
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode_queries(list(queries))
+
+    def similarity(self, first: str, second: str) -> float:
+        """Return the cosine similarity of two texts embedded as passages."""
+        vectors = self.encoder.encode_passages([first, second])
+        return float(vectors[0] @ vectors[1])
+
+    # -- inspection and deletion --------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Return the collection's name, URI, row and document counts and model."""
+        store = self.store
+        store.require()
+        return {
+            "collection": store.collection,
+            "uri": store.uri,
+            "rows": store.count(),
+            "documents": store.count("ordinal == 0"),
+            "model": store.fingerprint(),
+        }
+
+    def sources(self) -> list[StoredDocument]:
+        self.store.require()
+        return self.store.documents()
+
+    def delete_source(self, source: str) -> int:
+        """Delete every chunk of the documents from ``source``; return the row count."""
+        from .filters import quote_string
+
+        self.store.require()
+        expression = f"source == {quote_string(source)}"
+        count = self.store.count(expression)
+        if count:
+            self.store.delete_where(expression)
+        return count
+
+
+def format_context(hits: Sequence[Hit], *, max_chars: int | None = None) -> str:
+    """Format hits as a numbered context block with sources, ready for a prompt."""
+    blocks = []
+    used = 0
+    for number, hit in enumerate(hits, start=1):
+        header = f"[{number}] {hit.title or hit.source} ({hit.source}, chars {hit.start}-{hit.end})"
+        block = f"{header}\n{hit.text.strip()}"
+        if max_chars is not None and used + len(block) > max_chars:
+            break
+        blocks.append(block)
+        used += len(block) + 2
+    return "\n\n".join(blocks)
+
+
+__all__ = ["SemanticSearch", "format_context"]
