@@ -54,6 +54,9 @@ def _configure_logging(verbosity: int) -> None:
     package = logging.getLogger("semsearch")
     package.setLevel(level)
     package.addHandler(handler)
+    # pymilvus logs every failed call with a traceback at ERROR; semsearch reports
+    # those failures itself, so its records are shown only with -vv.
+    logging.getLogger("pymilvus").setLevel(logging.DEBUG if verbosity > 1 else logging.CRITICAL)
     if verbosity > 1:
         logging.getLogger().setLevel(logging.DEBUG)
 
@@ -88,7 +91,9 @@ def _configure_logging(verbosity: int) -> None:
     envvar="SEMSEARCH_DEVICE",
     help="Device for the encoder: auto, cpu, cuda, cuda:N or mps.  [default: auto]",
 )
-@click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug.")
+@click.option(
+    "-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug."
+)
 @click.version_option(package_name="semsearch")
 @click.pass_context
 def main(
@@ -126,13 +131,42 @@ def _engine(ctx: click.Context, **overrides: Any) -> SemanticSearch:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--include", multiple=True, help="Glob of files to take, relative to each folder (repeatable).")
-@click.option("--exclude", multiple=True, help="Glob of files to leave out (repeatable).")
-@click.option("--text-field", default="text", show_default=True, help="JSONL/CSV/Parquet column holding the text.")
-@click.option("--id-field", help="Record column holding a stable id.  [default: id or _id, else the line number]")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata added to every document (repeatable).")
-@click.option("--chunk-size", type=click.IntRange(min=8), help="Tokens per chunk, special tokens included.  [default: the model's max sequence length]")
-@click.option("--chunk-overlap", type=click.IntRange(min=0), default=DEFAULT_CHUNK_OVERLAP, show_default=True, help="Tokens shared by consecutive chunks.")
+@click.option(
+    "--include",
+    multiple=True,
+    help="Glob of files to take, relative to each folder (repeatable).",
+)
+@click.option(
+    "--exclude", multiple=True, help="Glob of files to leave out (repeatable)."
+)
+@click.option(
+    "--text-field",
+    default="text",
+    show_default=True,
+    help="JSONL/CSV/Parquet column holding the text.",
+)
+@click.option(
+    "--id-field",
+    help="Record column holding a stable id.  [default: id or _id, else the line number]",
+)
+@click.option(
+    "--meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata added to every document (repeatable).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=8),
+    help="Tokens per chunk, special tokens included.  [default: the model's max sequence length]",
+)
+@click.option(
+    "--chunk-overlap",
+    type=click.IntRange(min=0),
+    default=DEFAULT_CHUNK_OVERLAP,
+    show_default=True,
+    help="Tokens shared by consecutive chunks.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @_handle_errors
@@ -171,7 +205,11 @@ def ingest(
         )
     for skipped in report.skipped:
         where = f"{skipped.source}:{skipped.line}" if skipped.line else skipped.source
-        console.print(f"[yellow]skipped[/] {where}: {skipped.reason}", markup=True, highlight=False)
+        console.print(
+            f"[yellow]skipped[/] {where}: {skipped.reason}",
+            markup=True,
+            highlight=False,
+        )
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
@@ -233,11 +271,32 @@ class _IngestProgress:
 
 @main.command()
 @click.argument("query")
-@click.option("-k", "--limit", "k", type=click.IntRange(1, 16384), default=10, show_default=True, help="Number of hits.")
-@click.option("--filter", "expression", help='Milvus boolean expression, e.g. \'metadata["year"] > 1990\'.')
-@click.option("--where", multiple=True, metavar="KEY=VALUE", help="Equality condition on a field or metadata key (repeatable, values quoted safely).")
-@click.option("--min-score", type=float, help="Drop hits scoring below this (cosine similarity).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per hit per line.")
+@click.option(
+    "-k",
+    "--limit",
+    "k",
+    type=click.IntRange(1, 16384),
+    default=10,
+    show_default=True,
+    help="Number of hits.",
+)
+@click.option(
+    "--filter",
+    "expression",
+    help="Milvus boolean expression, e.g. 'metadata[\"year\"] > 1990'.",
+)
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Equality condition on a field or metadata key (repeatable, values quoted safely).",
+)
+@click.option(
+    "--min-score", type=float, help="Drop hits scoring below this (cosine similarity)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per hit per line."
+)
 @click.pass_context
 @_handle_errors
 def search(
@@ -325,7 +384,9 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per document.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per document."
+)
 @click.pass_context
 @_handle_errors
 def sources(ctx: click.Context, as_json: bool) -> None:
@@ -354,12 +415,22 @@ def sources(ctx: click.Context, as_json: bool) -> None:
     table.add_column("title")
     table.add_column("chunks", justify="right")
     for doc in documents:
-        table.add_row(doc.source if doc.source == doc.doc_id else doc.doc_id, doc.title, str(doc.stored_chunks))
+        table.add_row(
+            doc.source if doc.source == doc.doc_id else doc.doc_id,
+            doc.title,
+            str(doc.stored_chunks),
+        )
     Console().print(table)
 
 
 @main.command()
-@click.option("--source", "source_paths", multiple=True, required=True, help="Source path as listed by 'semsearch sources' (repeatable).")
+@click.option(
+    "--source",
+    "source_paths",
+    multiple=True,
+    required=True,
+    help="Source path as listed by 'semsearch sources' (repeatable).",
+)
 @click.pass_context
 @_handle_errors
 def delete(ctx: click.Context, source_paths: tuple[str, ...]) -> None:

@@ -99,7 +99,9 @@ class _Prepared:
     chunks: list[Chunk]
 
 
-def split_oversized(chunks: Sequence[Chunk], max_bytes: int = TEXT_MAX_BYTES) -> list[Chunk]:
+def split_oversized(
+    chunks: Sequence[Chunk], max_bytes: int = TEXT_MAX_BYTES
+) -> list[Chunk]:
     """Split chunks whose UTF-8 text exceeds ``max_bytes`` and renumber all of them.
 
     A chunk within the token limit can still pass Milvus' byte limit, for example
@@ -327,7 +329,9 @@ class Ingester:
         offset = 0
         for item in work:
             count = len(item.chunks)
-            rows.extend(chunk_rows(item.document, item.chunks, vectors[offset : offset + count]))
+            rows.extend(
+                chunk_rows(item.document, item.chunks, vectors[offset : offset + count])
+            )
             offset += count
         completed = [(item.document.id, len(item.chunks)) for item in work]
         return rows, completed

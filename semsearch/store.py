@@ -85,10 +85,7 @@ class StoredDocument:
 
     def is_complete(self, content_hash: str) -> bool:
         """Return True when every chunk of this exact text is stored, no more."""
-        return (
-            self.doc_hash == content_hash
-            and self.chunk_count == self.stored_chunks
-        )
+        return self.doc_hash == content_hash and self.chunk_count == self.stored_chunks
 
 
 def _row_bytes(row: Mapping[str, Any]) -> int:
@@ -141,6 +138,7 @@ class MilvusStore:
         # The ingest pipeline calls the store from two threads; Milvus Lite's
         # client is not documented as thread-safe, so calls are serialised.
         self._lock = threading.RLock()
+        self._loaded = False
 
     # -- connection ---------------------------------------------------------
 
@@ -179,6 +177,7 @@ class MilvusStore:
         if self._client is not None:
             self._client.close()
             self._client = None
+            self._loaded = False
 
     def __enter__(self) -> MilvusStore:
         return self
@@ -209,7 +208,9 @@ class MilvusStore:
     # -- collection ---------------------------------------------------------
 
     def exists(self) -> bool:
-        return bool(self._call("has_collection", self.client.has_collection, self.collection))
+        return bool(
+            self._call("has_collection", self.client.has_collection, self.collection)
+        )
 
     def fingerprint(self) -> dict[str, Any] | None:
         """Return the model fingerprint recorded on the collection, if any."""
@@ -231,8 +232,9 @@ class MilvusStore:
         """
         if self.exists():
             self.check_fingerprint(fingerprint)
-            return
-        self._create(fingerprint)
+        else:
+            self._create(fingerprint)
+        self._load()
 
     def check_fingerprint(self, fingerprint: Mapping[str, Any]) -> None:
         stored = self.fingerprint()
@@ -251,11 +253,20 @@ class MilvusStore:
             )
 
     def require(self) -> None:
+        """Raise CollectionNotFoundError unless the collection exists; load it."""
         if not self.exists():
             raise CollectionNotFoundError(
                 f"collection {self.collection!r} not found at {self.uri!r}; "
                 "run 'semsearch ingest PATH' first or pass the right --collection"
             )
+        self._load()
+
+    def _load(self) -> None:
+        # A collection is released after the process that wrote it exits, and
+        # Milvus rejects searches and queries until it is loaded again.
+        if not self._loaded:
+            self._call("load_collection", self.client.load_collection, self.collection)
+            self._loaded = True
 
     def _create(self, fingerprint: Mapping[str, Any]) -> None:
         from pymilvus import DataType
@@ -285,7 +296,10 @@ class MilvusStore:
             "vector", index_type=index_type, metric_type="COSINE", params=params
         )
         logger.info(
-            "creating collection %s at %s with %s index", self.collection, self.uri, index_type
+            "creating collection %s at %s with %s index",
+            self.collection,
+            self.uri,
+            index_type,
         )
         self._call(
             "create_collection",
@@ -304,6 +318,7 @@ class MilvusStore:
     def drop(self) -> None:
         if self.exists():
             self._call("drop_collection", self.client.drop_collection, self.collection)
+        self._loaded = False
 
     # -- writes -------------------------------------------------------------
 
@@ -322,7 +337,9 @@ class MilvusStore:
         """Delete chunks of ``doc_id`` whose ordinal is past its current count."""
         from .filters import quote_string
 
-        self.delete_where(f"doc_id == {quote_string(doc_id)} and ordinal >= {chunk_count}")
+        self.delete_where(
+            f"doc_id == {quote_string(doc_id)} and ordinal >= {chunk_count}"
+        )
 
     def delete_documents(self, doc_ids: Iterable[str]) -> None:
         from .filters import quote_string
@@ -334,7 +351,9 @@ class MilvusStore:
 
     # -- reads --------------------------------------------------------------
 
-    def query(self, expression: str, output_fields: Sequence[str]) -> list[dict[str, Any]]:
+    def query(
+        self, expression: str, output_fields: Sequence[str]
+    ) -> list[dict[str, Any]]:
         """Return all rows matching ``expression``, past Milvus' result cap."""
         page = self._call(
             "query",
@@ -399,7 +418,9 @@ class MilvusStore:
             expression,
             ["doc_id", "ordinal", "chunk_count", "doc_hash", "source", "title"],
         )
-        return sorted(_summarise_rows(rows).values(), key=lambda d: (d.source, d.doc_id))
+        return sorted(
+            _summarise_rows(rows).values(), key=lambda d: (d.source, d.doc_id)
+        )
 
     def search(
         self,
@@ -506,5 +527,12 @@ def _looks_like_parse_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return any(
         word in text
-        for word in ("parse", "syntax", "cannot", "invalid expr", "unsupported", "not found")
+        for word in (
+            "parse",
+            "syntax",
+            "cannot",
+            "invalid expr",
+            "unsupported",
+            "not found",
+        )
     )
