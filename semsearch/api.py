@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -104,8 +105,12 @@ class SemanticSearch:
             budget = content_token_budget(
                 encoder.tokenizer, chunk_size, encoder.spec.passage_prefix
             )
+            # The chunker runs on the ingest loader thread while the encoder
+            # tokenises on another, and a fast tokenizer must not be shared
+            # between threads, so the chunker gets its own copy.
+            tokenizer = copy.deepcopy(encoder.tokenizer)
             self._chunker = Chunker(
-                encoder.tokenizer, budget, overlap=self.settings.chunk_overlap
+                tokenizer, budget, overlap=self.settings.chunk_overlap
             )
         return self._chunker
 

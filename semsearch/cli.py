@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -49,6 +50,8 @@ def _handle_errors(func: F) -> F:
 def _configure_logging(verbosity: int) -> None:
     from rich.logging import RichHandler
 
+    # transformers draws a progress bar on stderr while loading weights.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = RichHandler(console=_stderr(), show_path=False, show_time=verbosity > 1)
     package = logging.getLogger("semsearch")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,51 @@ def is_local_uri(uri: str) -> bool:
     return "://" not in uri
 
 
+# Milvus Lite serves each file from an in-process server that stays up until it
+# is released, and keeps the file locked against other processes meanwhile. The
+# counts let the last store on a file release it.
+_lite_users: dict[str, int] = {}
+_lite_users_lock = threading.Lock()
+
+
+def _acquire_lite(uri: str) -> None:
+    path = os.path.abspath(uri)
+    with _lite_users_lock:
+        _lite_users[path] = _lite_users.get(path, 0) + 1
+
+
+def _release_lite(uri: str) -> None:
+    path = os.path.abspath(uri)
+    with _lite_users_lock:
+        remaining = _lite_users.get(path, 1) - 1
+        if remaining > 0:
+            _lite_users[path] = remaining
+            return
+        _lite_users.pop(path, None)
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(path)
+
+
+def lite_file_in_use(uri: str) -> bool:
+    """Return True when another process holds the lock of a Milvus Lite file."""
+    lock_path = os.path.join(os.path.abspath(uri), "LOCK")
+    if not os.path.exists(lock_path):
+        return False
+    import fcntl
+
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class MilvusStore:
     """One semsearch collection on Milvus Lite, a Milvus server or Zilliz Cloud."""
 
@@ -156,28 +202,33 @@ class MilvusStore:
         if self._token:
             kwargs["token"] = self._token
         try:
-            return MilvusClient(**kwargs)
+            client = MilvusClient(**kwargs)
         except MilvusException as exc:
             raise StoreError(self._connect_message(exc), code=exc.code) from exc
         except (OSError, RuntimeError) as exc:
             raise StoreError(self._connect_message(exc)) from exc
+        if is_local_uri(self.uri):
+            _acquire_lite(self.uri)
+        return client
 
     def _connect_message(self, exc: Exception) -> str:
-        text = str(exc)
-        if is_local_uri(self.uri) and ("lock" in text.lower() or "opened" in text):
+        if is_local_uri(self.uri) and lite_file_in_use(self.uri):
             return (
-                f"Milvus Lite file {self.uri!r} is in use by another process. "
-                "Milvus Lite serves one process per file: stop the other process, "
+                f"Milvus Lite file {self.uri!r} is open in another process, and "
+                "Milvus Lite serves one process per file. Stop the other process, "
                 "or share the data through a Milvus server (see 'Run on a Milvus "
-                "server' in the README)."
+                "server' in the README)"
             )
-        return f"cannot connect to Milvus at {self.uri!r}: {text}"
+        reason = getattr(exc, "message", None) or str(exc)
+        return f"cannot connect to Milvus at {self.uri!r}: {reason}"
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
             self._loaded = False
+            if is_local_uri(self.uri):
+                _release_lite(self.uri)
 
     def __enter__(self) -> MilvusStore:
         return self

@@ -1,0 +1,302 @@
+"""Load BEIR-format test collections and score retrieval runs against their qrels.
+
+nDCG@k, recall@k and MAP@k reproduce trec_eval's ``ndcg_cut``, ``recall`` and
+``map_cut``, which BEIR computes through pytrec_eval. MRR@k is trec_eval's
+``recip_rank`` with a first relevant rank beyond k scoring 0. BEIR computes its
+MRR in Python with a stable sort, so it can differ from ours when scores tie. The
+tests compare every metric with pytrec_eval on random runs when it is installed.
+
+Ranking rule, from ``comp_sim_docno`` in trec_eval's ``form_res_rels.c``:
+documents are sorted by score descending, and equal scores are ordered by doc id
+descending in byte order (``strcmp``). The order of the run's mapping does not
+matter. Doc ids compare as strings, so "9" ranks before "10" when their scores
+are equal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, LoadError
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("ndcg", "recall", "mrr", "map")
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    """A test collection in BEIR layout, restricted to one qrels split.
+
+    ``corpus`` maps doc id to ``(title, text)`` in file order. ``queries`` contains
+    only the queries judged in the split, and ``qrels`` maps query id to
+    ``{doc id: relevance}``.
+    """
+
+    name: str
+    corpus: dict[str, tuple[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDataset:
+    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+    Raises ConfigError when the directory, a file or the split is missing, and
+    LoadError when a line cannot be parsed or the qrels name a query id that
+    ``queries.jsonl`` lacks.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(
+            f"BEIR directory {str(root)!r} not found; pass a folder that contains "
+            "corpus.jsonl, queries.jsonl and qrels/"
+        )
+    qrels_path = _split_path(root, split)
+    corpus_path = _require_file(root / "corpus.jsonl")
+    queries_path = _require_file(root / "queries.jsonl")
+
+    qrels = _read_qrels(qrels_path)
+    corpus = {
+        doc_id: (str(row.get("title") or ""), str(row.get("text") or ""))
+        for doc_id, row in _read_jsonl(corpus_path)
+    }
+    all_queries = {
+        qid: str(row.get("text") or "") for qid, row in _read_jsonl(queries_path)
+    }
+    queries = _judged_queries(all_queries, qrels, queries_path)
+
+    _warn_unknown_docs(qrels, corpus, qrels_path)
+    logger.info(
+        "Loaded %s: %d docs, %d queries, %d judgements (split %s)",
+        root.name,
+        len(corpus),
+        len(queries),
+        sum(len(judged) for judged in qrels.values()),
+        split,
+    )
+    return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def _split_path(root: Path, split: str) -> Path:
+    path = root / "qrels" / f"{split}.tsv"
+    if path.is_file():
+        return path
+    available = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
+    raise ConfigError(
+        f"qrels split {split!r} not found: {str(path)!r} is missing; "
+        f"available splits in {str(root)!r}: {available!r}"
+    )
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(
+            f"BEIR file {str(path)!r} not found; a BEIR folder must contain "
+            "corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
+        )
+    return path
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[str, dict[str, object]]]:
+    """Yield ``(_id, record)`` for each non-empty line of a JSON Lines file."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LoadError(str(path), f"invalid JSON: {exc.msg}", number) from exc
+            if not isinstance(record, dict) or "_id" not in record:
+                raise LoadError(str(path), "record has no '_id' field", number)
+            yield str(record["_id"]), record
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """Parse a ``query-id<TAB>corpus-id<TAB>score`` file. A later duplicate row wins."""
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+            if not row or (number == 1 and row[0] == "query-id"):
+                continue
+            if len(row) < 3:
+                raise LoadError(
+                    str(path), f"expected 3 tab-separated fields, got {row!r}", number
+                )
+            try:
+                relevance = int(row[2])
+            except ValueError as exc:
+                raise LoadError(
+                    str(path), f"relevance {row[2]!r} is not an integer", number
+                ) from exc
+            qrels.setdefault(row[0], {})[row[1]] = relevance
+    return qrels
+
+
+def _judged_queries(
+    all_queries: Mapping[str, str], qrels: Mapping[str, object], path: Path
+) -> dict[str, str]:
+    missing = [qid for qid in qrels if qid not in all_queries]
+    if missing:
+        raise LoadError(
+            str(path),
+            f"{len(missing)} judged query ids are missing, first {missing[0]!r}; "
+            "check that the qrels split belongs to this queries file",
+        )
+    return {qid: all_queries[qid] for qid in qrels}
+
+
+def _warn_unknown_docs(
+    qrels: Mapping[str, Mapping[str, int]], corpus: Mapping[str, object], path: Path
+) -> None:
+    unknown = {doc for judged in qrels.values() for doc in judged if doc not in corpus}
+    if unknown:
+        logger.warning(
+            "%s judges %d doc ids that corpus.jsonl lacks, e.g. %r",
+            path,
+            len(unknown),
+            min(unknown),
+        )
+
+
+def evaluate_run(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    *,
+    k_values: Sequence[int] = (10, 100),
+    ignore_identical_ids: bool = True,
+) -> dict[str, float]:
+    """Average nDCG@k, recall@k, MRR@k and MAP@k over the queries in ``qrels``.
+
+    Returns keys ``ndcg@k``, ``recall@k``, ``mrr@k`` and ``map@k`` for each k. A
+    query in ``qrels`` that is absent from ``run`` scores 0 on every metric, as with
+    ``trec_eval -c``. Queries in ``run`` but not in ``qrels`` are ignored. BEIR
+    averages only over queries present in both, which gives the same numbers when
+    the run has an entry for every judged query.
+
+    ``ignore_identical_ids`` drops a document from a query's ranking when its id
+    equals the query id, as BEIR does by default, so that a corpus that also
+    contains the queries cannot score a self-match. See ``per_query_metrics`` for
+    the exact definitions.
+    """
+    per_query = per_query_metrics(
+        qrels, run, k_values=k_values, ignore_identical_ids=ignore_identical_ids
+    )
+    names = _metric_keys(k_values)
+    count = len(per_query)
+    return {name: sum(q[name] for q in per_query.values()) / count for name in names}
+
+
+def per_query_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    *,
+    k_values: Sequence[int] = (10, 100),
+    ignore_identical_ids: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Compute every metric of ``evaluate_run`` for each query in ``qrels``.
+
+    Definitions, with ranks counted from 1 after the trec_eval ordering above:
+
+    - relevant: a judged document with relevance > 0. Relevance 0, negative
+      relevance and unjudged documents are non-relevant and have gain 0.
+    - nDCG@k = DCG@k / IDCG@k with DCG@k = sum over ranks r <= k of
+      rel(r) / log2(r + 1), so the gain is the relevance grade itself (not
+      2^rel - 1). IDCG@k is the DCG@k of the judged relevances sorted
+      descending, and nDCG is 0 when the query has no relevant document.
+    - recall@k = relevant documents in the top k / all relevant documents.
+    - MAP@k = (sum of precision@r over the relevant ranks r <= k) / all relevant
+      documents, which is trec_eval's ``map_cut``.
+    - MRR@k = 1 / rank of the first relevant document if that rank is <= k,
+      else 0.
+    """
+    cutoffs = _check_k_values(k_values)
+    if not qrels:
+        raise ConfigError("qrels is empty; pass at least one judged query")
+
+    results: dict[str, dict[str, float]] = {}
+    for query_id, judged in qrels.items():
+        scores = dict(run.get(query_id, {}))
+        if ignore_identical_ids:
+            scores.pop(query_id, None)
+        ranked = _rank(query_id, scores)[: max(cutoffs)]
+        gains = [judged.get(doc_id, 0) for doc_id in ranked]
+        results[query_id] = _query_metrics(gains, judged, cutoffs)
+    return results
+
+
+def _check_k_values(k_values: Sequence[int]) -> list[int]:
+    cutoffs = list(k_values)
+    if not cutoffs:
+        raise ConfigError("k_values is empty; pass cut-offs such as (10, 100)")
+    for k in cutoffs:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(
+                f"invalid cut-off {k!r} in k_values; use positive integers"
+            )
+    return cutoffs
+
+
+def _metric_keys(k_values: Sequence[int]) -> list[str]:
+    return [f"{metric}@{k}" for metric in METRIC_NAMES for k in k_values]
+
+
+def _rank(query_id: str, scores: Mapping[str, float]) -> list[str]:
+    """Order doc ids by score descending, then doc id descending (trec_eval)."""
+    for doc_id, score in scores.items():
+        if math.isnan(score):
+            raise ConfigError(
+                f"score of doc {doc_id!r} for query {query_id!r} is NaN; "
+                "drop the document or give it a finite score"
+            )
+    ordered = sorted(
+        scores.items(), key=lambda item: (float(item[1]), item[0]), reverse=True
+    )
+    return [doc_id for doc_id, _ in ordered]
+
+
+def _query_metrics(
+    gains: Sequence[int], judged: Mapping[str, int], cutoffs: Sequence[int]
+) -> dict[str, float]:
+    """Compute the metrics of one query from the relevance of its ranked docs."""
+    ideal = sorted((rel for rel in judged.values() if rel > 0), reverse=True)
+    num_relevant = len(ideal)
+    first_relevant = next((r for r, g in enumerate(gains, start=1) if g > 0), None)
+
+    metrics: dict[str, float] = {}
+    for k in cutoffs:
+        top = gains[:k]
+        hits = sum(1 for g in top if g > 0)
+        ideal_dcg = _dcg(ideal[:k])
+        metrics[f"ndcg@{k}"] = _dcg(top) / ideal_dcg if ideal_dcg > 0 else 0.0
+        metrics[f"recall@{k}"] = hits / num_relevant if num_relevant else 0.0
+        reached = first_relevant is not None and first_relevant <= k
+        metrics[f"mrr@{k}"] = 1.0 / first_relevant if reached else 0.0
+        metrics[f"map@{k}"] = _average_precision(top, num_relevant)
+    return metrics
+
+
+def _dcg(gains: Sequence[int]) -> float:
+    return sum(
+        g / math.log2(rank + 1) for rank, g in enumerate(gains, start=1) if g > 0
+    )
+
+
+def _average_precision(gains: Sequence[int], num_relevant: int) -> float:
+    if num_relevant == 0:
+        return 0.0
+    total = 0.0
+    hits = 0
+    for rank, gain in enumerate(gains, start=1):
+        if gain > 0:
+            hits += 1
+            total += hits / rank
+    return total / num_relevant
