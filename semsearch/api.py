@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .search import Fusion, Mode
 from .settings import Settings
 from .types import Document, Hit
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from .chunking import Chunker
     from .encoder import Encoder
     from .ingest import IngestReport, ProgressCallback
-    from .loaders import SkippedInput
+    from .rerank import Reranker
     from .store import MilvusStore, StoredDocument
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class SemanticSearch:
         self._store: MilvusStore | None = None
         self._chunker: Chunker | None = None
         self._checked = False
+        self._rerankers: dict[str, Reranker] = {}
 
     # -- components ---------------------------------------------------------
 
@@ -194,9 +196,35 @@ class SemanticSearch:
         *,
         where: Mapping[str, Any] | None = None,
         min_score: float | None = None,
+        mode: Mode = "dense",
+        fusion: Fusion = "normalized",
+        group_by_doc: bool = False,
+        mmr: float | None = None,
+        rerank: str | os.PathLike[str] | None = None,
+        candidates: int | None = None,
     ) -> list[Hit]:
-        """Return the ``k`` chunks most similar to ``query``, best first."""
-        return self.search_many([query], k, filter, where=where, min_score=min_score)[0]
+        """Return the ``k`` best chunks for ``query``, best first.
+
+        ``mode`` is "dense" (cosine similarity of embeddings), "bm25" (Milvus
+        full-text search) or "hybrid" (both, fused into scores in [0, 1], or RRF
+        scores with ``fusion="rrf"``). ``filter`` is a Milvus boolean expression
+        and ``where`` adds equality conditions. ``group_by_doc`` keeps the best
+        chunk per document, ``mmr`` (0 to 1) trades relevance for diversity, and
+        ``rerank`` names a cross-encoder model that rescores the candidates.
+        """
+        return self.search_many(
+            [query],
+            k,
+            filter,
+            where=where,
+            min_score=min_score,
+            mode=mode,
+            fusion=fusion,
+            group_by_doc=group_by_doc,
+            mmr=mmr,
+            rerank=rerank,
+            candidates=candidates,
+        )[0]
 
     def search_many(
         self,
@@ -206,21 +234,42 @@ class SemanticSearch:
         *,
         where: Mapping[str, Any] | None = None,
         min_score: float | None = None,
+        mode: Mode = "dense",
+        fusion: Fusion = "normalized",
+        group_by_doc: bool = False,
+        mmr: float | None = None,
+        rerank: str | os.PathLike[str] | None = None,
+        candidates: int | None = None,
     ) -> list[list[Hit]]:
         """Search several queries at once; returns one hit list per query."""
         from .filters import combine
+        from .search import Searcher, SearchOptions
 
-        if k < 1:
-            raise ConfigError(f"invalid k {k!r}: ask for at least one hit")
+        options = SearchOptions(
+            k=k,
+            mode=mode,
+            fusion=fusion,
+            group_by_doc=group_by_doc,
+            mmr_lambda=mmr,
+            min_score=min_score,
+            candidates=candidates,
+        )
+        options.validate()
         if not queries:
             return []
-        self._open_for_search()
         expression = combine(filter, where)
-        vectors = self.encoder.encode_queries(list(queries))
-        results = self.store.search(vectors.tolist(), k, expression)
-        if min_score is not None:
-            results = [[h for h in hits if h.score >= min_score] for hits in results]
-        return results
+        self._open_for_search()
+        reranker = self._reranker(rerank) if rerank else None
+        searcher = Searcher(self.encoder, self.store, reranker)
+        return searcher.search_many(list(queries), options, expression)
+
+    def _reranker(self, model: str | os.PathLike[str]) -> Reranker:
+        from .rerank import Reranker
+
+        name = os.fspath(model)
+        if name not in self._rerankers:
+            self._rerankers[name] = Reranker(name, device=self.settings.device)
+        return self._rerankers[name]
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         return self.encoder.encode_queries(list(queries))

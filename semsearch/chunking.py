@@ -3,7 +3,7 @@
 A chunk is cut at the latest boundary that keeps it within ``max_tokens`` content
 tokens. Boundaries are ranked: paragraph breaks and Markdown headings first, then
 line breaks, sentence ends and word breaks, and finally any token boundary. A coarser
-boundary is taken only when it leaves the chunk at least half full; otherwise the
+boundary is taken only when it leaves the chunk at least half full. Otherwise the
 next finer class is tried, so chunks stay close to the token budget.
 """
 
@@ -56,7 +56,7 @@ class _Heading:
 class _MarkdownOutline:
     """The ATX headings and fenced code blocks of a Markdown text, in order.
 
-    ``code_blocks`` holds the ``(start, end)`` character span of each fenced block,
+    ``code_blocks`` contains the ``(start, end)`` character span of each fenced block,
     fence lines included.
     """
 
@@ -104,6 +104,7 @@ class Chunker:
         return len(encoding["input_ids"])
 
     def chunk_document(self, document: Document) -> list[Chunk]:
+        """Split a document, as Markdown when its ``format`` metadata is markdown."""
         markdown = document.metadata.get("format") == "markdown"
         return self.split(document.text, document.id, markdown=markdown)
 
@@ -112,8 +113,10 @@ class Chunker:
     ) -> list[Chunk]:
         """Split ``text`` into chunks that cover it and overlap by about ``overlap``.
 
-        Returns no chunks for text that is empty or holds only whitespace and
-        invisible format characters.
+        Returns no chunks for text that is empty or contains only whitespace and
+        invisible format characters. With ``markdown=True``, each chunk's
+        ``headings`` is the ATX heading path at its start, and heading lines are
+        preferred chunk starts.
         """
         if _is_blank(text):
             return []
@@ -183,8 +186,8 @@ class Chunker:
             else:
                 high = middle - 1
         if self.count_tokens(layout.text[start:low]) > self.max_tokens:
-            # NOTE: one character can tokenise to several tokens; below that size
-            # the chunk cannot shrink, so it is emitted over the budget.
+            # NOTE: one character can tokenise to several tokens. A chunk cannot
+            # shrink below one character, so this one is emitted over the budget.
             logger.warning(
                 "Character %r at %d tokenises to more than max_tokens=%d",
                 layout.text[start],
@@ -287,7 +290,7 @@ def _validate_settings(max_tokens: int, overlap: int) -> None:
 
 
 def _is_blank(text: str) -> bool:
-    """Return whether ``text`` holds only whitespace and invisible characters.
+    """Return whether ``text`` contains only whitespace and invisible characters.
 
     Invisible characters are the Unicode categories Cc, Cf, Cs, Co and Cn, which
     includes zero-width spaces (U+200B) and byte order marks (U+FEFF).
@@ -422,7 +425,7 @@ def _next_start(layout: _Layout, start: int, end: int, overlap: int) -> int:
 def _merge_blank_spans(
     text: str, spans: list[tuple[int, int]]
 ) -> list[tuple[int, int]]:
-    """Join each span that holds only blank characters to a neighbouring span.
+    """Join each span that contains only blank characters to a neighbouring span.
 
     A blank span joins the span before it, or the span after it when it comes
     first, so the spans still cover the text.
@@ -497,7 +500,7 @@ def _parse_heading_line(
 
 
 def _update_fence(fence: str | None, line: str) -> tuple[str | None, bool]:
-    """Track fenced code blocks; return the open fence and whether ``line`` is code."""
+    """Return the fence still open after ``line`` and whether ``line`` is code."""
     match = _FENCE.match(line)
     if fence is None:
         if match is None:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .api import SemanticSearch
+    from .benchmark import EvalResult
     from .ingest import IngestReport
     from .types import Hit
 
@@ -59,7 +61,9 @@ def _configure_logging(verbosity: int) -> None:
     package.addHandler(handler)
     # pymilvus logs every failed call with a traceback at ERROR; semsearch reports
     # those failures itself, so its records are shown only with -vv.
-    logging.getLogger("pymilvus").setLevel(logging.DEBUG if verbosity > 1 else logging.CRITICAL)
+    logging.getLogger("pymilvus").setLevel(
+        logging.DEBUG if verbosity > 1 else logging.CRITICAL
+    )
     if verbosity > 1:
         logging.getLogger().setLevel(logging.DEBUG)
 
@@ -298,6 +302,35 @@ class _IngestProgress:
     "--min-score", type=float, help="Drop hits scoring below this (cosine similarity)."
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["dense", "bm25", "hybrid"]),
+    default="dense",
+    show_default=True,
+    help="dense: embeddings; bm25: full-text; hybrid: both, fused.",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["normalized", "rrf"]),
+    default="normalized",
+    show_default=True,
+    help="Hybrid fusion: scores in [0, 1] (normalized) or reciprocal rank fusion.",
+)
+@click.option(
+    "--group-by-doc", is_flag=True, help="Keep only the best chunk of each document."
+)
+@click.option(
+    "--mmr",
+    "mmr_lambda",
+    type=click.FloatRange(0, 1),
+    help="Diversify with MMR: 1 is pure relevance, 0 pure diversity.",
+)
+@click.option(
+    "--rerank",
+    "rerank_model",
+    metavar="MODEL",
+    help="Rescore candidates with a cross-encoder (hub id or local directory).",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object per hit per line."
 )
 @click.pass_context
@@ -309,6 +342,11 @@ def search(
     expression: str | None,
     where: tuple[str, ...],
     min_score: float | None,
+    mode: str,
+    fusion: str,
+    group_by_doc: bool,
+    mmr_lambda: float | None,
+    rerank_model: str | None,
     as_json: bool,
 ) -> None:
     """Find the chunks most similar in meaning to QUERY."""
@@ -316,7 +354,18 @@ def search(
 
     conditions = parse_where(where)
     engine = _engine(ctx)
-    hits = engine.search(query, k, expression, where=conditions, min_score=min_score)
+    hits = engine.search(
+        query,
+        k,
+        expression,
+        where=conditions,
+        min_score=min_score,
+        mode=mode,  # type: ignore[arg-type]
+        fusion=fusion,  # type: ignore[arg-type]
+        group_by_doc=group_by_doc,
+        mmr=mmr_lambda,
+        rerank=rerank_model,
+    )
     if as_json:
         for hit in hits:
             click.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
@@ -366,7 +415,6 @@ def similarity(ctx: click.Context, first: str, second: str) -> None:
 @_handle_errors
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Show the collection's row and document counts and its model fingerprint."""
-    from .api import SemanticSearch
 
     engine: SemanticSearch = _engine(ctx)
     info = engine.stats()
@@ -451,6 +499,101 @@ def delete(ctx: click.Context, source_paths: tuple[str, ...]) -> None:
             f"no stored chunks with source {missing[0]!r}; "
             "'semsearch sources' lists the stored sources"
         )
+
+
+# -- evaluation --------------------------------------------------------------
+
+
+@main.command(name="eval")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--split", default="test", show_default=True, help="qrels split: qrels/<split>.tsv."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "bm25", "hybrid"]),
+    default="dense",
+    show_default=True,
+    help="Retrieval mode to score.",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["normalized", "rrf"]),
+    default="normalized",
+    show_default=True,
+    help="Fusion for hybrid mode.",
+)
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(1, 100),
+    default=10,
+    show_default=True,
+    help="Cut-off for nDCG and MRR, next to the fixed @10 and @100.",
+)
+@click.option(
+    "--ann-recall",
+    is_flag=True,
+    help="Also measure the index's recall@10 against exact search.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handle_errors
+def evaluate(
+    ctx: click.Context,
+    dataset_dir: str,
+    split: str,
+    mode: str,
+    fusion: str,
+    k: int,
+    ann_recall: bool,
+    as_json: bool,
+) -> None:
+    """Score retrieval on a BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/).
+
+    The corpus is ingested into its own collection (eval_<folder name> unless
+    --collection is given), then every judged query runs through the normal
+    search path. Re-runs reuse the stored embeddings.
+    """
+    from .benchmark import run_benchmark
+    from .evaluate import load_beir
+
+    dataset = load_beir(dataset_dir, split=split)
+    collection = None
+    if ctx.parent is None or ctx.parent.params.get("collection") is None:
+        name = Path(dataset_dir).resolve().name
+        collection = "eval_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+    engine = _engine(ctx, collection=collection)
+    result = run_benchmark(
+        engine,
+        dataset,
+        split=split,
+        mode=mode,  # type: ignore[arg-type]
+        fusion=fusion,  # type: ignore[arg-type]
+        k=k,
+        measure_ann_recall=ann_recall,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    _print_eval(result)
+
+
+def _print_eval(result: EvalResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (
+        f"{result.dataset} ({result.split}, {result.queries} queries, {result.mode})"
+    )
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    if result.ann_recall_at_10 is not None:
+        table.add_row("ANN recall@10", f"{result.ann_recall_at_10:.4f}")
+    Console().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

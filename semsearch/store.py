@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -42,6 +42,13 @@ BATCH_MAX_ROWS = 512
 
 # Milvus caps limit + offset of one query at 16,384 rows.
 QUERY_PAGE_ROWS = 16_384
+
+LEXICAL_FIELD = "lexical"
+SPARSE_FIELD = "sparse"
+
+# HNSW build parameters; M 16 and efConstruction 200 are common defaults that
+# keep recall high on collections of up to millions of 384-dim vectors.
+HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 
 OUTPUT_FIELDS = [
     "text",
@@ -175,6 +182,8 @@ class MilvusStore:
         *,
         token: str | None = None,
         consistency_level: str = "Strong",
+        index_type: str = "HNSW",
+        index_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.uri = uri
         self.collection = collection
@@ -185,6 +194,9 @@ class MilvusStore:
         # client is not documented as thread-safe, so calls are serialised.
         self._lock = threading.RLock()
         self._loaded = False
+        self._schema_fields: set[str] | None = None
+        self.index_type = index_type
+        self.index_params = dict(index_params) if index_params else dict(HNSW_PARAMS)
 
     # -- connection ---------------------------------------------------------
 
@@ -320,10 +332,33 @@ class MilvusStore:
             self._loaded = True
 
     def _create(self, fingerprint: Mapping[str, Any]) -> None:
-        from pymilvus import DataType
+        """Create the collection, with BM25 full-text search when the backend has it.
+
+        Support is detected by asking: the collection is created with a BM25
+        function, and if the backend rejects it or drops it (Milvus 2.3 accepts
+        the schema but silently discards the function) it is created again
+        without the lexical fields.
+        """
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            self._create_with(fingerprint, lexical=True)
+        except MilvusException as exc:
+            logger.info("backend rejected BM25 full-text search: %s", exc)
+            self._drop_quietly()
+            self._create_with(fingerprint, lexical=False)
+            return
+        if not self._has_bm25_function():
+            logger.info("backend dropped the BM25 function; creating without it")
+            self._drop_quietly()
+            self._create_with(fingerprint, lexical=False)
+
+    def _create_with(self, fingerprint: Mapping[str, Any], *, lexical: bool) -> None:
+        from pymilvus import DataType, Function, FunctionType
 
         encoded = json.dumps(dict(fingerprint), sort_keys=True)
-        schema = self.client.create_schema(
+        client = self.client
+        schema = client.create_schema(
             auto_id=False,
             enable_dynamic_field=False,
             description=DESCRIPTION_PREFIX + encoded,
@@ -341,40 +376,110 @@ class MilvusStore:
         schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("metadata", DataType.JSON)
 
-        index_params = self.client.prepare_index_params()
-        index_type, params = self.default_index()
+        index_params = client.prepare_index_params()
+        index_type, params = self.index_type, self.index_params
         index_params.add_index(
             "vector", index_type=index_type, metric_type="COSINE", params=params
         )
+        if lexical:
+            # The lexical field holds the chunk text already lowercased, stemmed
+            # and stripped of stop words by semsearch, so every backend scores
+            # the same terms; the whitespace tokenizer only splits it.
+            schema.add_field(
+                LEXICAL_FIELD,
+                DataType.VARCHAR,
+                max_length=TEXT_MAX_BYTES,
+                enable_analyzer=True,
+                analyzer_params={"tokenizer": "standard"},
+            )
+            schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name="bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=[LEXICAL_FIELD],
+                    output_field_names=[SPARSE_FIELD],
+                )
+            )
+            index_params.add_index(
+                SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
+            )
         logger.info(
-            "creating collection %s at %s with %s index",
+            "creating collection %s at %s with %s index%s",
             self.collection,
             self.uri,
             index_type,
+            " and BM25" if lexical else "",
         )
         self._call(
             "create_collection",
-            self.client.create_collection,
+            client.create_collection,
             self.collection,
             schema=schema,
             index_params=index_params,
             consistency_level=self.consistency_level,
             properties={FINGERPRINT_PROPERTY: encoded},
         )
+        self._schema_fields = None
 
-    def default_index(self) -> tuple[str, dict[str, Any]]:
-        """Return the vector index type and build parameters for this backend."""
-        return "HNSW", {"M": 16, "efConstruction": 200}
+    def _has_bm25_function(self) -> bool:
+        info = self.client.describe_collection(self.collection)
+        return any(
+            SPARSE_FIELD in (function.get("output_field_names") or [])
+            for function in info.get("functions") or []
+        )
+
+    def _drop_quietly(self) -> None:
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            if self.client.has_collection(self.collection):
+                self.client.drop_collection(self.collection)
+        except MilvusException as exc:
+            logger.warning(
+                "could not drop %s after a failed create: %s", self.collection, exc
+            )
+
+    @property
+    def has_lexical(self) -> bool:
+        """True when the collection has BM25 full-text search."""
+        return LEXICAL_FIELD in self._fields()
+
+    def _fields(self) -> set[str]:
+        if self._schema_fields is None:
+            info = self._call(
+                "describe_collection", self.client.describe_collection, self.collection
+            )
+            names = {field["name"] for field in info.get("fields", [])}
+            if LEXICAL_FIELD in names and not self._has_bm25_function():
+                names.discard(LEXICAL_FIELD)
+            self._schema_fields = names
+        return self._schema_fields
 
     def drop(self) -> None:
         if self.exists():
             self._call("drop_collection", self.client.drop_collection, self.collection)
         self._loaded = False
+        self._schema_fields = None
 
     # -- writes -------------------------------------------------------------
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Upsert chunk rows in batches bounded by rows and bytes; return the count."""
+        """Upsert chunk rows in batches bounded by rows and bytes; return the count.
+
+        Rows for a collection with BM25 get their lexical field filled here.
+        """
+        if self.has_lexical:
+            from .lexical import lexical_text
+
+            for row in rows:
+                if LEXICAL_FIELD not in row:
+                    row[LEXICAL_FIELD] = fit_bytes(
+                        lexical_text(row["text"]), TEXT_MAX_BYTES
+                    )
+        else:
+            for row in rows:
+                row.pop(LEXICAL_FIELD, None)
         written = 0
         for batch in batches_by_size(rows):
             self._call("upsert", self.client.upsert, self.collection, batch)
@@ -501,6 +606,48 @@ class MilvusStore:
             **kwargs,
         )
         return [[hit_from_result(item) for item in result] for result in results]
+
+    def search_lexical(
+        self,
+        texts: Sequence[str],
+        k: int,
+        expression: str = "",
+    ) -> list[list[Hit]]:
+        """Return the ``k`` best BM25 matches for each query text, best first.
+
+        Scores are BM25 scores: positive, unbounded, higher is more relevant.
+        """
+        from .lexical import lexical_text
+
+        if not self.has_lexical:
+            raise StoreError(
+                f"collection {self.collection!r} at {self.uri!r} has no BM25 full-text "
+                "index: BM25 search needs Milvus 2.5 or newer (or Milvus Lite 3), and "
+                "a collection created there by semsearch. Use --mode dense here"
+            )
+        analysed = [lexical_text(text) for text in texts]
+        results: list[list[Hit]] = [[] for _ in texts]
+        todo = [i for i, terms in enumerate(analysed) if terms]
+        if not todo:
+            return results
+        found = self._call(
+            "search",
+            self.client.search,
+            self.collection,
+            data=[analysed[i] for i in todo],
+            anns_field=SPARSE_FIELD,
+            limit=k,
+            filter=expression,
+            output_fields=OUTPUT_FIELDS,
+            search_params={"metric_type": "BM25"},
+            consistency_level=self.consistency_level,
+        )
+        for index, result in zip(todo, found, strict=True):
+            hits = [hit_from_result(item) for item in result]
+            # NOTE: Milvus Lite 3.2 returns BM25 scores negated; servers return
+            # them positive. Both rank best first, so the magnitude is the score.
+            results[index] = [replace(hit, score=abs(hit.score)) for hit in hits]
+        return results
 
     def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
         """Return the stored vectors for chunk ids."""

