@@ -123,7 +123,7 @@ class Chunker:
 
         outline = _parse_markdown(text) if markdown else None
         layout = _build_layout(text, self._token_offsets(text), outline)
-        spans = _merge_blank_spans(text, self._spans(layout))
+        spans = self._merge_blank_spans(text, self._spans(layout))
 
         headings = outline.headings if outline is not None else []
 
@@ -149,6 +149,31 @@ class Chunker:
         last_start, _ = spans[-1]
         spans[-1] = (last_start, len(layout.text))
         return spans
+
+    def _merge_blank_spans(
+        self, text: str, spans: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """Join each span of blank characters to the span before it.
+
+        A blank first span joins the second. A join that would exceed
+        ``max_tokens`` is skipped, which can happen only when the tokenizer turns a
+        character counted as blank, such as a format character newer than its
+        Unicode tables, into a token.
+        """
+        merged: list[tuple[int, int]] = []
+        for start, end in spans:
+            if merged:
+                previous_start, previous_end = merged[-1]
+                joined_end = max(previous_end, end)
+                blank = _is_blank(text[start:end]) or (
+                    len(merged) == 1 and _is_blank(text[previous_start:previous_end])
+                )
+                joined_text = text[previous_start:joined_end]
+                if blank and self.count_tokens(joined_text) <= self.max_tokens:
+                    merged[-1] = (previous_start, joined_end)
+                    continue
+            merged.append((start, end))
+        return merged
 
     def _cut(self, layout: _Layout, start: int, previous_end: int) -> int:
         """Pick the end of the chunk at ``start``, checked by tokenising the chunk.
@@ -292,18 +317,18 @@ def _validate_settings(max_tokens: int, overlap: int) -> None:
 def _is_blank(text: str) -> bool:
     """Return whether ``text`` contains only whitespace and invisible characters.
 
-    Invisible characters are the Unicode categories Cc, Cf, Cs, Co and Cn, which
-    includes zero-width spaces (U+200B) and byte order marks (U+FEFF).
+    Invisible characters are the control and format characters (Unicode categories
+    Cc and Cf), such as zero-width spaces (U+200B) and byte order marks (U+FEFF).
     """
     return all(
-        char.isspace() or unicodedata.category(char).startswith("C") for char in text
+        char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in text
     )
 
 
 def _build_layout(
     text: str, offsets: list[tuple[int, int]], outline: _MarkdownOutline | None
 ) -> _Layout:
-    unit_starts, cumulative = _group_units(offsets)
+    unit_starts, cumulative = _group_units(text, offsets)
     paragraph, line, sentence, word = (
         _match_ends(pattern, text)
         for pattern in (_PARAGRAPH_BREAK, _LINE_BREAK, _SENTENCE_END, _WORD_BREAK)
@@ -343,19 +368,32 @@ def _match_ends(pattern: re.Pattern[str], text: str) -> set[int]:
     return ends
 
 
-def _group_units(offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Group tokens into units that never share a character with each other."""
+def _group_units(
+    text: str, offsets: list[tuple[int, int]]
+) -> tuple[list[int], list[int]]:
+    """Group tokens into the units that a chunk boundary may not split.
+
+    Tokens that share a character form one unit. A token of blank characters
+    joins the unit before it, or the unit after it at the start of the text, so no
+    chunk consists of blank tokens alone.
+    """
     unit_starts: list[int] = []
     cumulative = [0]
     unit_end = -1
+    unit_blank = False
     for start, end in offsets:
-        if unit_starts and (start < unit_end or start <= unit_starts[-1]):
+        token_blank = _is_blank(text[start:end])
+        if unit_starts and (
+            start < unit_end or start <= unit_starts[-1] or token_blank or unit_blank
+        ):
             cumulative[-1] += 1
             unit_end = max(unit_end, end)
+            unit_blank = unit_blank and token_blank
             continue
         unit_starts.append(start)
         cumulative.append(cumulative[-1] + 1)
         unit_end = end
+        unit_blank = token_blank
     return unit_starts, cumulative
 
 
@@ -420,30 +458,6 @@ def _next_start(layout: _Layout, start: int, end: int, overlap: int) -> int:
     if index >= 0 and layout.overlap_starts[index] >= lowest:
         return layout.overlap_starts[index]
     return target
-
-
-def _merge_blank_spans(
-    text: str, spans: list[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """Join each span that contains only blank characters to a neighbouring span.
-
-    A blank span joins the span before it, or the span after it when it comes
-    first, so the spans still cover the text.
-    """
-    merged: list[tuple[int, int]] = []
-    leading_start: int | None = None
-    for start, end in spans:
-        if _is_blank(text[start:end]):
-            if merged:
-                previous_start, previous_end = merged[-1]
-                merged[-1] = (previous_start, max(previous_end, end))
-            elif leading_start is None:
-                leading_start = start
-            continue
-        if leading_start is not None:
-            start, leading_start = leading_start, None
-        merged.append((start, end))
-    return merged
 
 
 def _parse_markdown(text: str) -> _MarkdownOutline:

@@ -61,6 +61,11 @@ def _configure_logging(verbosity: int) -> None:
     package.addHandler(handler)
     # pymilvus logs every failed call with a traceback at ERROR; semsearch reports
     # those failures itself, so its records are shown only with -vv.
+    # Milvus Lite's in-process gRPC server logs calls it does not implement,
+    # which pymilvus then works around.
+    logging.getLogger("grpc").setLevel(
+        logging.DEBUG if verbosity > 1 else logging.CRITICAL
+    )
     logging.getLogger("pymilvus").setLevel(
         logging.DEBUG if verbosity > 1 else logging.CRITICAL
     )

@@ -47,7 +47,7 @@ def chunkers(tokenizer: Any) -> dict[tuple[int, int], Chunker]:
 
 def _is_blank(text: str) -> bool:
     return all(
-        char.isspace() or unicodedata.category(char).startswith("C") for char in text
+        char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in text
     )
 
 
