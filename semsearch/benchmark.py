@@ -142,10 +142,13 @@ def ann_recall_at_k(
     vectors = engine.encoder.encode_queries(list(queries))
     approximate = engine.store.search(vectors.tolist(), k)
 
+    depth = min(k, len(ids))
+    if depth == 0:
+        return 1.0
     overlaps = []
     for vector, hits in zip(vectors, approximate, strict=True):
         scores = matrix @ vector
-        exact = np.argpartition(-scores, k)[:k]
+        exact = np.argsort(-scores, kind="stable")[:depth]
         exact_ids = {ids[i] for i in exact}
-        overlaps.append(len(exact_ids & {hit.id for hit in hits}) / k)
+        overlaps.append(len(exact_ids & {hit.id for hit in hits[:depth]}) / depth)
     return float(np.mean(overlaps))
