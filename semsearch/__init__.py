@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import logging
 
-from .api import SemanticSearch, format_context
-from .errors import SemsearchError
+from .api import SemanticSearch, document_from_record, format_context
+from .errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    FilterError,
+    SemsearchError,
+    StoreError,
+)
+from .ingest import IngestReport
 from .types import Chunk, Document, Hit
 
 __all__ = [
     "Chunk",
+    "CollectionNotFoundError",
+    "ConfigError",
     "Document",
+    "FilterError",
     "Hit",
+    "IngestReport",
     "SemanticSearch",
     "SemsearchError",
+    "StoreError",
+    "document_from_record",
     "format_context",
 ]
 __version__ = "0.1.0"

@@ -69,6 +69,11 @@ def _configure_logging(verbosity: int) -> None:
     logging.getLogger("pymilvus").setLevel(
         logging.DEBUG if verbosity > 1 else logging.CRITICAL
     )
+    # Milvus Lite logs a traceback when its file is locked by another process;
+    # the store turns that failure into one error line.
+    logging.getLogger("milvus_lite").setLevel(
+        logging.DEBUG if verbosity > 1 else logging.CRITICAL
+    )
     if verbosity > 1:
         logging.getLogger().setLevel(logging.DEBUG)
 
@@ -104,6 +109,36 @@ def _configure_logging(verbosity: int) -> None:
     help="Device for the encoder: auto, cpu, cuda, cuda:N or mps.  [default: auto]",
 )
 @click.option(
+    "--backend",
+    envvar="SEMSEARCH_BACKEND",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    help="Encoder runtime: torch, or ONNX Runtime (CPU only, pip install "
+    "'semsearch[onnx]'). auto: torch on a GPU, ONNX Runtime on CPU when installed.  "
+    "[env: SEMSEARCH_BACKEND; default: auto]",
+)
+@click.option(
+    "--precision",
+    envvar="SEMSEARCH_PRECISION",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]),
+    help="Encoder precision. auto: fp16 on CUDA, else fp32. int8 needs the ONNX "
+    "backend and a collection written at int8.  [env: SEMSEARCH_PRECISION; "
+    "default: auto]",
+)
+@click.option(
+    "--index-type",
+    envvar="SEMSEARCH_INDEX_TYPE",
+    help="Vector index of new collections, e.g. HNSW, FLAT, IVF_FLAT.  "
+    "[env: SEMSEARCH_INDEX_TYPE; default: FLAT on Milvus Lite, HNSW on a server]",
+)
+@click.option(
+    "--index-params",
+    envvar="SEMSEARCH_INDEX_PARAMS",
+    metavar="JSON",
+    callback=lambda ctx, param, value: _parse_index_params(value),
+    help='Index build parameters as a JSON object, e.g. \'{"M": 32}\'.  '
+    "[env: SEMSEARCH_INDEX_PARAMS]",
+)
+@click.option(
     "-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug."
 )
 @click.version_option(package_name="semsearch")
@@ -115,6 +150,10 @@ def main(
     collection: str | None,
     model: str | None,
     device: str | None,
+    backend: str | None,
+    precision: str | None,
+    index_type: str | None,
+    index_params: dict[str, Any] | None,
     verbose: int,
 ) -> None:
     """Semantic search over a Milvus collection with a local sentence encoder."""
@@ -126,7 +165,22 @@ def main(
         collection=collection,
         model=model,
         device=device,
+        backend=backend,
+        precision=precision,
+        index_type=index_type,
+        index_params=index_params,
     )
+
+
+def _parse_index_params(value: str | None) -> dict[str, Any] | None:
+    from .settings import parse_index_params
+
+    if value is None:
+        return None
+    try:
+        return parse_index_params(value)
+    except SemsearchError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--index-params'") from exc
 
 
 def _engine(ctx: click.Context, **overrides: Any) -> SemanticSearch:
@@ -179,6 +233,17 @@ def _engine(ctx: click.Context, **overrides: Any) -> SemanticSearch:
     show_default=True,
     help="Tokens shared by consecutive chunks.",
 )
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete stored documents from these paths whose files or records are gone.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print how many documents are new, changed, unchanged and to delete; "
+    "write nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 @_handle_errors
@@ -192,13 +257,16 @@ def ingest(
     meta: tuple[str, ...],
     chunk_size: int | None,
     chunk_overlap: int,
+    prune: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Load, chunk, embed and store documents from files and folders.
 
     Formats: .txt, .md, .html, .jsonl, .csv, .parquet (and .pdf with pypdf).
-    Unchanged documents are skipped; changed ones are replaced. Exits 1 when any
-    file or record was skipped.
+    Unchanged documents are skipped; changed ones are replaced, and only their
+    chunks whose text changed are embedded again. Exits 1 when any file or
+    record was skipped.
     """
     from .loaders import parse_meta_pairs
 
@@ -214,6 +282,8 @@ def ingest(
             id_field=id_field,
             metadata=metadata,
             on_progress=progress.update,
+            prune=prune,
+            dry_run=dry_run,
         )
     for skipped in report.skipped:
         where = f"{skipped.source}:{skipped.line}" if skipped.line else skipped.source
@@ -231,11 +301,19 @@ def ingest(
 
 
 def _summary(report: IngestReport) -> str:
+    if report.dry_run:
+        return (
+            f"dry run, nothing written: {report.new} new, {report.changed} changed, "
+            f"{report.unchanged} unchanged, {report.deleted} to delete, "
+            f"{len(report.skipped)} skipped"
+        )
     rate = report.chunks / report.seconds if report.seconds else 0.0
     return (
         f"{report.documents} documents ({report.new} new, {report.changed} changed, "
-        f"{report.unchanged} unchanged), {report.chunks} chunks written, "
-        f"{len(report.skipped)} skipped, {report.seconds:.1f} s ({rate:.0f} chunks/s)"
+        f"{report.unchanged} unchanged, {report.deleted} deleted), "
+        f"{report.chunks} chunks written ({report.embedded} embedded, "
+        f"{report.reused} reused), {len(report.skipped)} skipped, "
+        f"{report.seconds:.1f} s ({rate:.0f} chunks/s)"
     )
 
 
@@ -599,6 +677,493 @@ def _print_eval(result: EvalResult) -> None:
     if result.ann_recall_at_10 is not None:
         table.add_row("ANN recall@10", f"{result.ann_recall_at_10:.4f}")
     Console().print(table)
+
+
+# -- server ------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 listens on every interface.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="TCP port to listen on.",
+)
+@click.option(
+    "--api-key",
+    envvar="SEMSEARCH_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on every endpoint except /healthz. "
+    "Prefer the environment variable: a value given here shows in the process "
+    "list.  [env: SEMSEARCH_API_KEY]",
+)
+@click.option(
+    "--micro-batching/--no-micro-batching",
+    default=True,
+    show_default=True,
+    help="Embed the queries of concurrent /search requests in one encoder call.",
+)
+@click.pass_context
+@_handle_errors
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    api_key: str | None,
+    micro_batching: bool,
+) -> None:
+    """Serve search, ingest and delete as an HTTP JSON API until interrupted.
+
+    Needs the server extra: pip install 'semsearch[server]'. The API schema is at
+    /openapi.json and interactive documentation at /docs.
+    """
+    from .errors import ConfigError
+
+    try:
+        from .server import serve as run_server
+    except ImportError as exc:
+        raise ConfigError(
+            f"'semsearch serve' needs FastAPI and uvicorn, but {exc.name!r} is not "
+            "installed; run pip install 'semsearch[server]'"
+        ) from exc
+    # Request lines and uvicorn's start and stop notices go to stderr even
+    # without -v; the handler is the one _configure_logging installed.
+    package = logging.getLogger("semsearch")
+    for name in ("semsearch.server", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        if name.startswith("uvicorn"):
+            for handler in package.handlers:
+                logger.addHandler(handler)
+    engine = _engine(ctx)
+    run_server(
+        engine,
+        host=host,
+        port=port,
+        api_key=api_key or None,
+        micro_batching=micro_batching,
+    )
+
+
+# -- fine-tuning and reindexing ----------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--out",
+    "output_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the fine-tuned model; must be new or empty.",
+)
+@click.option(
+    "--pairs",
+    "pairs_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help='JSONL of {"anchor", "positive", optional "negative"} objects.',
+)
+@click.option(
+    "--from-collection",
+    metavar="NAME",
+    help="Mine pairs from this ingested collection: headings, titles, sentences.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Pairs per step; each anchor's negatives are the other pairs' passages.",
+)
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=2e-5, show_default=True
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["mnr", "triplet"]),
+    default="mnr",
+    show_default=True,
+    help="mnr: in-batch negatives; triplet: hard negatives mined from the collection.",
+)
+@click.option(
+    "--max-pairs", type=click.IntRange(min=2), help="Train on a random sample of pairs."
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    default=128,
+    show_default=True,
+    help="Training input length in tokens; the saved model keeps its own limit.",
+)
+@click.option(
+    "--held-out",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Fraction of pairs kept out of training to measure recall@1 and MRR.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Epochs without a better held-out MRR before training stops.",
+)
+@click.option(
+    "--accumulation-steps",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batches per optimiser step; negatives stay within each batch.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handle_errors
+def finetune(
+    ctx: click.Context,
+    output_dir: str,
+    pairs_file: str | None,
+    from_collection: str | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    loss: str,
+    max_pairs: int | None,
+    max_length: int,
+    held_out: float,
+    patience: int,
+    accumulation_steps: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Fine-tune the model (--model) on pairs from a file or a collection.
+
+    The result is a model directory to pass as --model, then to 'semsearch
+    reindex' to re-embed a collection with it.
+    """
+    from .errors import ConfigError
+    from .finetune import FinetuneConfig
+    from .finetune import finetune as run_finetune
+
+    if (pairs_file is None) == (from_collection is None):
+        raise click.UsageError("pass exactly one of --pairs FILE or --from-collection")
+    out = Path(output_dir)
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"output directory {output_dir!r} is not empty; pass a new directory"
+        )
+    engine = _engine(ctx, collection=from_collection)
+    pairs = _training_pairs(engine, pairs_file, loss, max_pairs, seed)
+    config = FinetuneConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        loss=loss,  # type: ignore[arg-type]
+        max_length=max_length,
+        accumulation_steps=accumulation_steps,
+        held_out=held_out,
+        patience=patience,
+        seed=seed,
+        device=engine.settings.device,
+    )
+    console = _stderr()
+    console.print(f"training on {len(pairs)} pairs", highlight=False)
+    with _TrainingProgress(console) as progress:
+        result = run_finetune(
+            pairs,
+            out,
+            model=engine.settings.model,
+            config=config,
+            on_event=progress.update,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    console.print(
+        f"saved epoch {result.best_epoch} to {result.output_dir} "
+        f"(weights {result.weights_sha256[:12]}) in {result.seconds:.0f} s",
+        highlight=False,
+    )
+
+
+def _training_pairs(
+    engine: SemanticSearch,
+    pairs_file: str | None,
+    loss: str,
+    max_pairs: int | None,
+    seed: int,
+) -> list[Any]:
+    """Read or mine pairs, sample them, and mine hard negatives for triplets."""
+    from .errors import ConfigError
+    from .pairs import (
+        mine_collection_pairs,
+        mine_hard_negatives,
+        read_pairs,
+        select_pairs,
+    )
+
+    if pairs_file is not None:
+        pairs = select_pairs(read_pairs(pairs_file), max_pairs, seed)
+        missing = sum(pair.negative is None for pair in pairs)
+        if loss == "triplet" and missing:
+            raise ConfigError(
+                f"{missing} pairs in {pairs_file!r} have no 'negative', which the "
+                "triplet loss needs; add negatives or use --loss mnr"
+            )
+        return pairs
+
+    pairs = select_pairs(mine_collection_pairs(engine.store, seed=seed), max_pairs, seed)
+    if loss == "triplet":
+        engine.store.check_fingerprint(engine.encoder.fingerprint)
+        pairs = mine_hard_negatives(pairs, engine.encoder, engine.store)
+    return pairs
+
+
+class _TrainingProgress:
+    """A step bar with the running loss, and one line per finished epoch."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _TrainingProgress:
+        if not self.console.is_terminal:
+            return self
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("train", total=None, epoch=1, loss=0.0)
+        self._progress.start()
+        return self
+
+    def update(self, event: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=event.step,
+                total=event.total_steps,
+                epoch=event.epoch,
+                loss=event.loss,
+            )
+        epoch = event.finished_epoch
+        if epoch is not None:
+            recall = "n/a" if epoch.recall_at_1 is None else f"{epoch.recall_at_1:.4f}"
+            mrr = "n/a" if epoch.mrr is None else f"{epoch.mrr:.4f}"
+            self.console.print(
+                f"epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out recall@1 "
+                f"{recall}, MRR {mrr}, {epoch.seconds:.0f} s",
+                highlight=False,
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@main.command()
+@click.option(
+    "--to-collection",
+    metavar="NAME",
+    help="Name of the new collection.  [default: <collection>_<weights hash>]",
+)
+@click.option(
+    "--drop-old",
+    is_flag=True,
+    help="Drop the previous collection after the switch instead of keeping it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handle_errors
+def reindex(
+    ctx: click.Context, to_collection: str | None, drop_old: bool, as_json: bool
+) -> None:
+    """Re-embed --collection with --model, then point the name at the new copy.
+
+    The collection name becomes an alias; searches use the old vectors until
+    every row is copied. The old collection is kept unless --drop-old is given.
+    """
+    from .reindex import reindex as run_reindex
+
+    engine = _engine(ctx)
+    console = _stderr()
+    with _CopyProgress(console) as progress:
+        result = run_reindex(
+            engine.store,
+            engine.encoder,
+            target=to_collection,
+            drop_old=drop_old,
+            on_progress=progress.update,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    kept = "dropped" if result.dropped_old else "kept"
+    console.print(
+        f"{result.rows} chunks re-embedded into {result.new_collection}; "
+        f"{result.alias} now points to it ({result.old_collection} {kept}), "
+        f"{result.seconds:.0f} s",
+        highlight=False,
+    )
+
+
+class _CopyProgress:
+    """A bar of rows copied; silent when stderr is not a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _CopyProgress:
+        if not self.console.is_terminal:
+            return self
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn("re-embedding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("reindex", total=None)
+        self._progress.start()
+        return self
+
+    def update(self, copied: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=copied, total=total)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# -- migration ---------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--to",
+    "target_uri",
+    required=True,
+    metavar="URI",
+    help="Target Milvus URI: a Milvus Lite file path, http://host:19530 or a "
+    "Zilliz Cloud endpoint.",
+)
+@click.option(
+    "--to-token",
+    envvar="SEMSEARCH_TO_TOKEN",
+    help="Token of the target; never printed.  [env: SEMSEARCH_TO_TOKEN]",
+)
+@click.option(
+    "--to-collection",
+    help="Target collection name.  [default: the source collection's name]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 16384),
+    default=1000,
+    show_default=True,
+    help="Rows read and upserted per batch.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@_handle_errors
+def migrate(
+    ctx: click.Context,
+    target_uri: str,
+    to_token: str | None,
+    to_collection: str | None,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Copy the collection to another Milvus backend without embedding again.
+
+    Copies vectors, text, metadata and the model fingerprint from --uri and
+    --collection to --to. The target computes its own BM25 fields when it has
+    BM25 full-text search. Rows are upserted, so re-running is safe; exits 1
+    when the row counts differ afterwards. --index-type and --index-params
+    apply to the target collection.
+    """
+    engine = _engine(ctx)
+    console = _stderr()
+    with _MigrationProgress(console) as progress:
+        report = engine.migrate_to(
+            target_uri,
+            to_collection,
+            token=to_token,
+            batch_size=batch_size,
+            on_progress=progress.update,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    console.print(
+        f"copied {report.copied} rows from {report.source_collection} "
+        f"({report.source_uri}) to {report.target_collection} ({report.target_uri}); "
+        f"both have {report.target_rows} rows, BM25 on the target: "
+        f"{'yes' if report.bm25 else 'no'}, {report.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+class _MigrationProgress:
+    """A progress bar of copied rows on stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _MigrationProgress:
+        if not self.console.is_terminal:
+            return self
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn("migrating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("migrate", total=None)
+        self._progress.start()
+        return self
+
+    def update(self, copied: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=copied, total=total)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,39 +1,65 @@
 """The encoder: turn queries and passages into L2-normalised embeddings.
 
-It runs a Hugging Face transformers model directly and pools its token states
-itself, so the result matches the model's sentence-transformers configuration
-without loading sentence-transformers.
+It tokenises with the model's fast tokenizer, runs the transformer in a backend
+(torch, or ONNX Runtime on CPU) and pools the token states itself, so the result
+matches the model's sentence-transformers configuration without loading
+sentence-transformers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import queue
 import re
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+import sys
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
 from semsearch.errors import ConfigError, ModelNotFoundError
-from semsearch.models import ModelSpec, Pooling, fingerprint, resolve_model
+from semsearch.models import ModelSpec, fingerprint, read_hidden_size, resolve_model
+from semsearch.pooling import NORM_EPS, l2_normalize, pool
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
+
+    from semsearch.backends import OnnxBackend, TorchBackend
 
 logger = logging.getLogger(__name__)
 
 Device = str  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
+Backend = Literal["auto", "torch", "onnx"]
 Kind = Literal["query", "passage"]
+T = TypeVar("T")
 
 VALID_DEVICES = '"auto", "cpu", "cuda", "cuda:N" (N a GPU index) or "mps"'
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-NORM_EPS = 1e-12
+_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+_BACKENDS = ("auto", "torch", "onnx")
+# With prefetching on, texts are tokenised in windows of this many, so the
+# prefetch thread tokenises the next window while the device runs this one.
+PREFETCH_WINDOW = 4096
+PREFETCH_DEPTH = 2
+
+__all__ = [
+    "NORM_EPS",
+    "Encoder",
+    "l2_normalize",
+    "plan_batches",
+    "pool",
+    "prefetch",
+    "resolve_backend",
+    "resolve_device",
+    "resolve_precision",
+]
 
 
 class Encoder:
@@ -43,12 +69,22 @@ class Encoder:
     model's own ``normalize`` setting, so dot products are cosine similarities.
     Texts are sorted by token length and packed into batches of at most
     ``batch_tokens`` padded tokens and ``max_batch_size`` rows. A text longer than
-    ``batch_tokens`` still runs, alone in its batch.
+    ``batch_tokens`` still runs, alone in its batch. One text skips sorting and
+    padding.
+
+    Backend "auto" picks torch on CUDA and MPS, and ONNX Runtime on CPU when
+    onnxruntime is installed (torch otherwise). The ONNX backend runs fp32 or
+    dynamically quantised int8 weights, on CPU only.
 
     Precision "auto" means fp32 on CPU and MPS, and fp16 autocast on CUDA, where
     fp16 runs on every GPU with tensor cores. fp16 and bf16 run under
     ``torch.autocast`` with fp32 weights, so layer norms and softmax stay in fp32.
-    bf16 is allowed on CPU, and fp16 is rejected there.
+    bf16 is allowed on CPU, and fp16 is rejected there. int8 needs the ONNX
+    backend and changes the fingerprint, because its vectors differ more.
+
+    ``prefetch`` tokenises and copies the next batch on a thread while the
+    current one runs. It defaults to on for CUDA, where the GPU would otherwise
+    wait for that host work.
     """
 
     def __init__(
@@ -57,41 +93,67 @@ class Encoder:
         *,
         device: Device = "auto",
         precision: Precision = "auto",
+        backend: Backend = "auto",
         batch_tokens: int = 16384,
         max_batch_size: int = 256,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         _check_positive("batch_tokens", batch_tokens)
         _check_positive("max_batch_size", max_batch_size)
         self.device: str = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.backend: str = resolve_backend(backend, self.device, precision)
+        self.precision = resolve_precision(precision, self.device, self.backend)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        self.prefetch = self.device.startswith("cuda") if prefetch is None else prefetch
+        # encode() and count_tokens() run one call at a time, so that concurrent
+        # callers do not interleave batches on one device.
+        self._lock = threading.RLock()
 
         self.spec = _resolve_spec(model, query_prefix, passage_prefix)
         self.max_seq_length = self.spec.max_seq_length
-        self.tokenizer: PreTrainedTokenizerBase = _load_tokenizer(self.spec)
-        self.model: PreTrainedModel = _load_model(self.spec, self.device)
-        self.dim: int = int(self.model.config.hidden_size)
-        # Some decoder tokenizers define no pad token. Padded positions are masked
-        # out, so any valid id works there.
-        pad_id = self.tokenizer.pad_token_id
-        self._pad_token_id: int = 0 if pad_id is None else int(pad_id)
-        self.fingerprint: dict[str, object] = fingerprint(self.spec, self.dim)
+        self._tokenizers = _TokenizerSet(self.spec)
+        self._backend = self._load_backend()
+        self.dim: int = getattr(self._backend, "dim", None) or read_hidden_size(
+            self.spec.path
+        )
+        quantization = "int8" if self.precision == "int8" else None
+        self.fingerprint: dict[str, object] = fingerprint(
+            self.spec, self.dim, quantization=quantization
+        )
+        self._transformers_tokenizer: PreTrainedTokenizerBase | None = None
 
         # Content tokens that a passage can have before the model truncates it.
         prefix_tokens = self.count_tokens(self.spec.passage_prefix)
-        special_tokens = self.tokenizer.num_special_tokens_to_add(pair=False)
+        special_tokens = self._tokenizers.special_tokens
         self.max_passage_tokens = self.max_seq_length - special_tokens - prefix_tokens
 
         logger.info(
-            "Loaded model %s from %s on %s (%s)",
+            "Loaded model %s from %s with %s on %s (%s)",
             self.spec.name,
             self.spec.path,
+            self.backend,
             self.device,
             self.precision,
         )
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's transformers tokenizer, loaded on first use for chunking.
+
+        The encoder itself tokenises with the ``tokenizers`` library, so search
+        never imports transformers.
+        """
+        if self._transformers_tokenizer is None:
+            self._transformers_tokenizer = _load_tokenizer(self.spec)
+        return self._transformers_tokenizer
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The ONNX file that the ONNX backend runs, or None for torch."""
+        return getattr(self._backend, "path", None)
 
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages, with the passage prefix prepended to each."""
@@ -119,28 +181,62 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
 
         prefix = self.spec.query_prefix if kind == "query" else self.spec.passage_prefix
-        rows = self._tokenize([prefix + text for text in texts])
-
-        embeddings = np.empty((len(rows), self.dim), dtype=np.float32)
-        lengths = [len(row["input_ids"]) for row in rows]
-        for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_size):
-            embeddings[batch] = self._embed_batch([rows[i] for i in batch])
+        inputs = [prefix + text for text in texts]
+        with self._lock:
+            if len(inputs) == 1:
+                return self._encode_one(inputs[0])
+            embeddings = np.empty((len(inputs), self.dim), dtype=np.float32)
+            batches = self._prepared_batches(inputs)
+            if self.prefetch:
+                batches = prefetch(batches, PREFETCH_DEPTH)
+            for indices, prepared in batches:
+                embeddings[indices] = self._backend.run(prepared)
         return embeddings
 
     def count_tokens(self, text: str) -> int:
         """Count the tokens of ``text`` without special tokens or prefix."""
-        encoded = self.tokenizer(
-            text, add_special_tokens=False, truncation=False, verbose=False
-        )
-        return len(encoded["input_ids"])
+        encoding = self._tokenizers.plain.encode(text, add_special_tokens=False)
+        return len(encoding.ids)
 
-    def _tokenize(self, texts: list[str]) -> list[dict[str, list[int]]]:
-        """Tokenise with truncation at max_seq_length, warning once if it cut any."""
+    def _load_backend(self) -> TorchBackend | OnnxBackend:
+        from semsearch.backends import OnnxBackend, TorchBackend
+
+        if self.backend == "onnx":
+            precision: Literal["fp32", "int8"] = (
+                "int8" if self.precision == "int8" else "fp32"
+            )
+            return OnnxBackend(self.spec, precision)
+        return TorchBackend(self.spec, self.device, self.precision)
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        """Embed one text as a batch of one: no sorting, no padding."""
+        (ids,) = self._tokenize([text])
+        input_ids = np.asarray([ids], dtype=np.int64)
+        attention_mask = np.ones_like(input_ids)
+        return self._backend.run(self._backend.prepare(input_ids, attention_mask))
+
+    def _prepared_batches(self, texts: list[str]) -> Iterator[tuple[list[int], Any]]:
+        """Yield each batch's input positions with its tensors, ready to run.
+
+        Without prefetching, all texts form one window, so length sorting sees
+        every text and a truncation warning covers the whole call.
+        """
+        window = PREFETCH_WINDOW if self.prefetch else len(texts)
+        for start in range(0, len(texts), window):
+            rows = self._tokenize(texts[start : start + window])
+            lengths = [len(row) for row in rows]
+            for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_size):
+                input_ids, attention_mask = self._pad([rows[i] for i in batch])
+                prepared = self._backend.prepare(input_ids, attention_mask)
+                yield [start + i for i in batch], prepared
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Tokenise to token ids, truncating at max_seq_length with one warning."""
         limit = self.max_seq_length
         # One token over the limit shows which texts the real truncation cuts.
-        probe = self.tokenizer(texts, truncation=True, max_length=limit + 1)
-        rows = [{name: probe[name][i] for name in probe} for i in range(len(texts))]
-        long_rows = [i for i, row in enumerate(rows) if len(row["input_ids"]) > limit]
+        probe = self._tokenizers.probe.encode_batch(texts)
+        rows = [encoding.ids for encoding in probe]
+        long_rows = [i for i, row in enumerate(rows) if len(row) > limit]
         if not long_rows:
             return rows
 
@@ -151,54 +247,84 @@ class Encoder:
             len(texts),
             limit,
         )
-        cut = self.tokenizer(
-            [texts[i] for i in long_rows], truncation=True, max_length=limit
-        )
+        cut = self._tokenizers.truncating.encode_batch([texts[i] for i in long_rows])
         for position, i in enumerate(long_rows):
-            rows[i] = {name: cut[name][position] for name in cut}
+            rows[i] = cut[position].ids
         return rows
 
-    def _embed_batch(self, rows: list[dict[str, list[int]]]) -> np.ndarray:
-        import torch
+    def _pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Pad rows to the longest on the tokenizer's padding side, as int64 arrays."""
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self._tokenizers.pad_id, np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        left = self._tokenizers.padding_side == "left"
+        for index, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[index, span] = row
+            attention_mask[index, span] = 1
+        return input_ids, attention_mask
 
-        padded = self._pad(rows)
-        mask = padded["attention_mask"]
-        names = self.tokenizer.model_input_names
-        inputs = {key: value for key, value in padded.items() if key in names}
 
-        with torch.inference_mode(), self._autocast():
-            hidden = self.model(**inputs).last_hidden_state
-        pooled = pool(hidden.float(), mask, self.spec.pooling)
-        return l2_normalize(pooled).cpu().numpy()
+class _TokenizerSet:
+    """The model's fast tokenizer, in three copies that are never reconfigured.
 
-    def _pad(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        """Pad rows to the longest on the tokenizer's padding side, as tensors."""
-        import torch
+    ``plain`` neither truncates nor pads, ``probe`` truncates one token past
+    max_seq_length and ``truncating`` truncates at it. Each copy keeps one
+    configuration for its lifetime, so threads can share them.
+    """
 
-        width = max(len(row["input_ids"]) for row in rows)
-        fill = {
-            "input_ids": self._pad_token_id,
-            "attention_mask": 0,
-            "token_type_ids": self.tokenizer.pad_token_type_id,
-        }
-        left = self.tokenizer.padding_side == "left"
-        columns: dict[str, list[list[int]]] = {name: [] for name in rows[0]}
-        for row in rows:
-            for name, values in row.items():
-                padding = [fill.get(name, 0)] * (width - len(values))
-                columns[name].append(padding + values if left else values + padding)
-        return {
-            name: torch.tensor(values, dtype=torch.long, device=self.device)
-            for name, values in columns.items()
-        }
+    def __init__(self, spec: ModelSpec) -> None:
+        definition = _tokenizer_json(spec)
+        self.plain = _build_tokenizer(definition, None)
+        self.probe = _build_tokenizer(definition, spec.max_seq_length + 1)
+        self.truncating = _build_tokenizer(definition, spec.max_seq_length)
+        self.special_tokens = int(self.plain.num_special_tokens_to_add(False))
+        config = _read_tokenizer_config(spec.path)
+        self.padding_side = str(config.get("padding_side") or "right")
+        self.pad_id = _pad_token_id(self.plain, config)
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        import torch
 
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Yield ``items`` in order while a thread computes up to ``depth`` ahead.
+
+    An exception in the producer is raised here. Closing the returned generator
+    early stops the producer thread.
+    """
+    buffer: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((False, item)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 (the consumer raises it)
+            offer((True, exc))
+            return
+        offer((True, None))
+
+    thread = threading.Thread(target=produce, name="semsearch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            finished, value = buffer.get()
+            if finished:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def plan_batches(
@@ -225,48 +351,17 @@ def plan_batches(
     return batches
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tensor:
-    """Pool token states ``[batch, seq, dim]`` into ``[batch, dim]`` over the mask.
-
-    Padding may be on either side: "cls" takes the first attended position and
-    "lasttoken" the last one.
-    """
-    import torch
-
-    mask = mask.to(hidden.dtype)
-    if mode == "mean":
-        summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
-        # The clamp guards rows whose mask is all zeros.
-        counts = mask.sum(dim=1, keepdim=True).clamp(min=1e-9)
-        return summed / counts
-    if mode == "max":
-        padding = mask.unsqueeze(-1) == 0
-        return hidden.masked_fill(padding, float("-inf")).max(dim=1).values
-
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    if mode == "cls":
-        index = (mask * (mask.shape[1] - positions)).argmax(dim=1)
-    elif mode == "lasttoken":
-        index = (mask * (positions + 1)).argmax(dim=1)
-    else:
-        raise ConfigError(f"Invalid pooling {mode!r}. Use mean, cls, max or lasttoken.")
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
-def l2_normalize(vectors: torch.Tensor) -> torch.Tensor:
-    """Scale rows to unit L2 norm. An all-zero row stays zero."""
-    norms = vectors.norm(p=2, dim=1, keepdim=True).clamp(min=NORM_EPS)
-    return vectors / norms
-
-
 def resolve_device(device: Device) -> str:
     """Turn a device option into a concrete torch device string.
 
-    "auto" picks CUDA, then MPS, then CPU. Raises ConfigError for an invalid
+    "auto" picks CUDA, then MPS, then CPU, and returns "cpu" without importing
+    torch on a machine with no GPU driver. Raises ConfigError for an invalid
     string or a device that this machine does not have.
     """
     if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
         raise ConfigError(f"Invalid device {device!r}. Use {VALID_DEVICES}.")
+    if device == "cpu" or (device == "auto" and not _may_have_accelerator()):
+        return "cpu"
 
     import torch
 
@@ -281,6 +376,21 @@ def resolve_device(device: Device) -> str:
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("Device 'mps' is not available on this machine. Use 'cpu'.")
     return device
+
+
+def _may_have_accelerator() -> bool:
+    """Tell, without importing torch, whether torch could find a GPU here.
+
+    Importing torch takes seconds, which a CPU-only search should not pay.
+    """
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    if sys.platform.startswith("linux"):
+        # NOTE: the NVIDIA driver and ROCm's kernel driver create these. A GPU
+        # that shows none of them is missed by "auto"; pass --device cuda.
+        markers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+        return any(Path(marker).exists() for marker in markers)
+    return True
 
 
 def _resolve_cuda(device: str) -> str:
@@ -303,11 +413,52 @@ def _resolve_cuda(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: Precision, device: str) -> str:
+def resolve_backend(backend: Backend, device: str, precision: str) -> str:
+    """Pick "torch" or "onnx" for a resolved device, as the Encoder docstring says."""
+    from semsearch.backends import onnxruntime_installed
+
+    if backend not in _BACKENDS:
+        raise ConfigError(
+            f"Invalid backend {backend!r}. Use one of {list(_BACKENDS)!r}."
+        )
+    if backend == "torch":
+        return "torch"
+    if backend == "onnx":
+        if device != "cpu":
+            raise ConfigError(
+                f"The ONNX backend runs on CPU only, not on {device!r}. Use "
+                "--backend torch for this device, or --device cpu."
+            )
+        if not onnxruntime_installed():
+            raise ConfigError(
+                "The ONNX backend needs onnxruntime, which is not installed. "
+                "Install it with: pip install 'semsearch[onnx]'"
+            )
+        return "onnx"
+    if device != "cpu" or precision in ("fp16", "bf16"):
+        return "torch"
+    if onnxruntime_installed():
+        return "onnx"
+    return "torch"
+
+
+def resolve_precision(precision: Precision, device: str, backend: str = "torch") -> str:
     """Pick the compute precision for ``device``, as the Encoder docstring describes."""
     if precision not in _PRECISIONS:
         raise ConfigError(
             f"Invalid precision {precision!r}. Use one of {list(_PRECISIONS)!r}."
+        )
+    if backend == "onnx":
+        if precision in ("fp16", "bf16"):
+            raise ConfigError(
+                f"Precision {precision!r} is not supported by the ONNX backend. "
+                "Use 'fp32' or 'int8', or --backend torch."
+            )
+        return "int8" if precision == "int8" else "fp32"
+    if precision == "int8":
+        raise ConfigError(
+            "Precision 'int8' needs the ONNX backend on CPU. Use --backend onnx "
+            "--device cpu, or 'fp32', 'fp16' or 'bf16' with torch."
         )
     if precision == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
@@ -347,6 +498,62 @@ def _resolve_spec(
     return model
 
 
+def _tokenizer_json(spec: ModelSpec) -> str:
+    """Return the fast tokenizer definition, converted by transformers if needed."""
+    path = spec.path / "tokenizer.json"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    # Models that ship only a vocabulary get a fast tokenizer built by
+    # transformers, which is slower to load but gives the same tokens.
+    return _load_tokenizer(spec).backend_tokenizer.to_str()
+
+
+def _build_tokenizer(definition: str, max_length: int | None) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(definition)
+    # tokenizer.json may carry its own padding and truncation settings, such as
+    # all-MiniLM-L6-v2's 128 tokens. The encoder pads itself and truncates at the
+    # model's max_seq_length.
+    tokenizer.no_padding()
+    if max_length is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def _read_tokenizer_config(directory: Path) -> dict[str, Any]:
+    import json
+
+    path = directory / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelNotFoundError(
+            f"Model file {str(path)!r} is not valid JSON ({exc}). "
+            "Copy the model files again."
+        ) from exc
+    return config if isinstance(config, dict) else {}
+
+
+def _pad_token_id(tokenizer: Tokenizer, config: dict[str, Any]) -> int:
+    """Return the pad token's id, or 0 when the tokenizer defines no pad token.
+
+    Padded positions are masked out, so any valid id works there.
+    """
+    token = config.get("pad_token")
+    if isinstance(token, dict):
+        token = token.get("content")
+    if isinstance(token, str):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
 def _load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
@@ -363,19 +570,3 @@ def _load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
             "semsearch needs for character offsets. Use a model that ships one."
         )
     return tokenizer
-
-
-def _load_model(spec: ModelSpec, device: str) -> PreTrainedModel:
-    import torch
-    from transformers import AutoModel
-
-    try:
-        model = AutoModel.from_pretrained(
-            spec.path, local_files_only=True, dtype=torch.float32
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"Cannot load model {spec.name!r} from {str(spec.path)!r}: {exc}. "
-            "Check that the directory holds a transformers model."
-        ) from exc
-    return model.to(device).eval()

@@ -37,8 +37,13 @@ class LoadError(SemsearchError):
 class StoreError(SemsearchError):
     """The vector store rejected an operation or cannot be reached."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(
+        self, message: str, code: int | None = None, *, retryable: bool = False
+    ) -> None:
         self.code = code
+        # True when the failure was transient (connection, rate limit) and
+        # retries ran out, rather than the backend rejecting the request.
+        self.retryable = retryable
         super().__init__(message)
 
 
@@ -48,3 +53,11 @@ class FilterError(SemsearchError, ValueError):
 
 class CollectionNotFoundError(StoreError):
     """The named collection does not exist on the backend."""
+
+
+class FeatureUnavailableError(StoreError):
+    """The backend lacks a feature the request needs, such as BM25 full-text search."""
+
+
+class BackendError(SemsearchError):
+    """An encoder backend cannot be prepared, such as a failed ONNX export."""

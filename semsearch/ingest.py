@@ -9,20 +9,27 @@ and the slowest stage sets the pace:
 
 A document counts as stored only when every one of its chunks carries its current
 content hash and chunk count, so an interrupted run is finished by the next one.
+Each row also stores the sha256 of its chunk text: when a changed document keeps
+some chunks word for word, their stored vectors are reused instead of embedded.
+docs/sync.md describes the sync rules, pruning and the dry run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import StoreError
 from .store import (
+    CHUNK_HASH_FIELD,
     DOC_ID_MAX_BYTES,
     SOURCE_MAX_BYTES,
     TEXT_MAX_BYTES,
@@ -43,21 +50,35 @@ logger = logging.getLogger(__name__)
 # Milvus limits one JSON value to 64 KiB; metadata larger than this is rejected.
 METADATA_MAX_BYTES = 65_000
 
+# Metadata key holding the absolute path a document was loaded from (the folder
+# or file given to ingest). Pruning only considers documents under its roots.
+ROOT_KEY = "ingest_root"
+
 _DONE = object()
 
 
 @dataclass
 class IngestReport:
-    """Counts for one ingest run."""
+    """Counts for one ingest run.
+
+    ``new``, ``changed``, ``unchanged`` and ``deleted`` count documents; in a dry
+    run they are the plan, and nothing was written. ``chunks`` counts rows
+    written, of which ``embedded`` were encoded and ``reused`` took the stored
+    vector of an identical chunk. ``tokens`` counts the tokens embedded.
+    """
 
     documents: int = 0
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    deleted: int = 0
     chunks: int = 0
+    embedded: int = 0
+    reused: int = 0
     tokens: int = 0
     skipped: list[SkippedInput] = field(default_factory=list)
     seconds: float = 0.0
+    dry_run: bool = False
 
     @property
     def ok(self) -> bool:
@@ -69,13 +90,17 @@ class IngestReport:
             "new": self.new,
             "changed": self.changed,
             "unchanged": self.unchanged,
+            "deleted": self.deleted,
             "chunks": self.chunks,
+            "embedded": self.embedded,
+            "reused": self.reused,
             "tokens": self.tokens,
             "skipped": [
                 {"source": s.source, "line": s.line, "reason": s.reason}
                 for s in self.skipped
             ],
             "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
         }
 
 
@@ -97,6 +122,21 @@ ProgressCallback = Callable[[Progress], None]
 class _Prepared:
     document: Document
     chunks: list[Chunk]
+    stored: bool = False
+
+
+@dataclass
+class _DocumentRows:
+    """The rows of one document, written together or reported together."""
+
+    doc_id: str
+    source: str
+    rows: list[dict[str, Any]]
+
+
+def chunk_hash(text: str) -> str:
+    """Return the sha256 hex digest of a chunk's UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def split_oversized(
@@ -161,6 +201,7 @@ def chunk_rows(
                 "source": document.source,
                 "title": title,
                 "doc_hash": document.content_hash,
+                CHUNK_HASH_FIELD: chunk_hash(chunk.text),
                 "metadata": metadata,
             }
         )
@@ -173,13 +214,45 @@ def check_storable(document: Document) -> str | None:
         return f"document id is longer than {DOC_ID_MAX_BYTES} bytes; shorten the id"
     if len(document.source.encode("utf-8")) > SOURCE_MAX_BYTES:
         return f"source path is longer than {SOURCE_MAX_BYTES} bytes"
-    try:
-        encoded = json.dumps(document.metadata)
-    except (TypeError, ValueError) as exc:
-        return f"metadata is not JSON-serialisable: {exc}"
+    for key, value in document.metadata.items():
+        try:
+            # NaN and infinity are not JSON, and Milvus rejects them.
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return (
+                f"metadata field {key!r} is not valid JSON ({exc}); convert it to "
+                "a string, number, bool, list or object, or drop it"
+            )
+    encoded = json.dumps(document.metadata)
     if len(encoded.encode("utf-8")) > METADATA_MAX_BYTES:
         return f"metadata is larger than {METADATA_MAX_BYTES} bytes as JSON"
     return None
+
+
+def plan_prune(
+    stored: Iterable[tuple[str, str, str]],
+    seen_ids: Collection[str],
+    listed: Collection[tuple[str, str]],
+    skipped_sources: Collection[str],
+) -> list[str]:
+    """Return the ids of stored documents that a prune deletes.
+
+    ``stored`` holds ``(doc_id, source, root)`` of documents recorded under the
+    roots of this run, ``listed`` the ``(root, source)`` pairs that this run
+    loaded documents from. A document goes when this run did not produce it and
+    either its source file no longer exists, or the file was loaded and no
+    longer contains it (a removed record). Documents of files that exist but
+    were excluded, unsupported or skipped this run are kept.
+    """
+    doomed: list[str] = []
+    for doc_id, source, root in stored:
+        if doc_id in seen_ids or source in skipped_sources:
+            continue
+        root_path = Path(root)
+        path = root_path if root_path.is_file() else root_path / source
+        if not path.exists() or (root, source) in listed:
+            doomed.append(doc_id)
+    return doomed
 
 
 class Ingester:
@@ -201,18 +274,28 @@ class Ingester:
         self.batch_chunks = batch_chunks
         self.queue_batches = queue_batches
         self.on_progress = on_progress
+        self._has_collection = False
 
     def run(
         self,
         documents: Iterable[Document],
         report: IngestReport | None = None,
+        *,
+        prune_roots: Sequence[str] | None = None,
+        dry_run: bool = False,
     ) -> IngestReport:
-        """Ingest ``documents``; skipped inputs are appended to ``report.skipped``."""
-        from .loaders import SkippedInput
+        """Ingest ``documents``; skipped inputs are appended to ``report.skipped``.
 
+        With ``prune_roots``, stored documents recorded under those roots (the
+        ``ingest_root`` metadata) that this run no longer finds are deleted, as
+        ``plan_prune`` decides. With ``dry_run``, documents are loaded, chunked
+        and compared but nothing is embedded or written, and no collection is
+        created; the report holds the plan.
+        """
         report = report or IngestReport()
+        report.dry_run = dry_run
         started = time.perf_counter()
-        self.store.ensure_collection(self.encoder.fingerprint)
+        self._has_collection = self._open(dry_run)
 
         prepared: queue.Queue[Any] = queue.Queue(maxsize=self.queue_batches)
         writes: queue.Queue[Any] = queue.Queue(maxsize=2)
@@ -226,23 +309,16 @@ class Ingester:
         loader.start()
         writer.start()
         seen: set[str] = set()
+        listed: set[tuple[str, str]] = set()
         try:
             for batch in self._batches(prepared, failure):
-                fresh = []
-                for item in batch:
-                    if item.document.id in seen:
-                        report.skipped.append(
-                            SkippedInput(
-                                item.document.source,
-                                f"duplicate document id {item.document.id!r}; "
-                                "only the first one was ingested",
-                            )
-                        )
-                        continue
-                    seen.add(item.document.id)
-                    fresh.append(item)
+                fresh = self._first_of_each_id(batch, seen, report)
+                for item in fresh:
+                    root = item.document.metadata.get(ROOT_KEY)
+                    if isinstance(root, str):
+                        listed.add((root, item.document.source))
                 work = self._changed(fresh, report)
-                if work:
+                if work and not dry_run:
                     writes.put(self._encode(work, report))
                 if failure:
                     break
@@ -252,8 +328,68 @@ class Ingester:
             loader.join(timeout=1)
         if failure:
             raise failure[0]
+        if prune_roots is not None:
+            self._prune(prune_roots, seen, listed, report, dry_run)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _open(self, dry_run: bool) -> bool:
+        """Prepare the collection; return whether it exists.
+
+        A dry run only checks an existing collection's model and creates none.
+        """
+        if not dry_run:
+            self.store.ensure_collection(self.encoder.fingerprint)
+            return True
+        if not self.store.exists():
+            return False
+        self.store.require()
+        self.store.check_fingerprint(self.encoder.fingerprint)
+        return True
+
+    def _first_of_each_id(
+        self, batch: list[_Prepared], seen: set[str], report: IngestReport
+    ) -> list[_Prepared]:
+        from .loaders import SkippedInput
+
+        fresh = []
+        for item in batch:
+            if item.document.id in seen:
+                report.skipped.append(
+                    SkippedInput(
+                        item.document.source,
+                        f"duplicate document id {item.document.id!r}; "
+                        "only the first one was ingested",
+                    )
+                )
+                continue
+            seen.add(item.document.id)
+            fresh.append(item)
+        return fresh
+
+    def _prune(
+        self,
+        roots: Sequence[str],
+        seen: set[str],
+        listed: set[tuple[str, str]],
+        report: IngestReport,
+        dry_run: bool,
+    ) -> None:
+        from .filters import quote_string
+
+        if not self._has_collection or not roots:
+            return
+        stored: dict[str, tuple[str, str, str]] = {}
+        for root in roots:
+            expression = f'metadata["{ROOT_KEY}"] == {quote_string(root)}'
+            for row in self.store.query(expression, ["doc_id", "source"]):
+                stored[row["doc_id"]] = (row["doc_id"], row["source"], root)
+        skipped_sources = {skipped.source for skipped in report.skipped}
+        doomed = plan_prune(stored.values(), seen, listed, skipped_sources)
+        report.deleted = len(doomed)
+        if doomed and not dry_run:
+            logger.info("pruning %d documents no longer under %s", len(doomed), roots)
+            self.store.delete_documents(doomed)
 
     # -- stage 1: load and chunk --------------------------------------------
 
@@ -304,7 +440,9 @@ class Ingester:
     # -- stage 2: compare and encode ----------------------------------------
 
     def _changed(self, batch: list[_Prepared], report: IngestReport) -> list[_Prepared]:
-        stored = self.store.stored_documents([item.document.id for item in batch])
+        stored = {}
+        if self._has_collection:
+            stored = self.store.stored_documents([item.document.id for item in batch])
         work = []
         for item in batch:
             report.documents += 1
@@ -316,25 +454,48 @@ class Ingester:
                 continue
             else:
                 report.changed += 1
+                item.stored = True
             work.append(item)
         return work
 
     def _encode(
         self, work: list[_Prepared], report: IngestReport
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
-        texts = [chunk.text for item in work for chunk in item.chunks]
-        vectors = self.encoder.encode_passages(texts)
+    ) -> list[_DocumentRows]:
+        """Embed the chunks that have no stored twin and build every row.
+
+        A chunk of a changed document reuses the stored vector of a chunk of the
+        same document with the same text hash, because the vector depends only
+        on the text and the model, which the fingerprint check keeps fixed.
+        """
+        reusable = self.store.chunk_vectors(
+            [item.document.id for item in work if item.stored]
+        )
+        vectors: list[list[float] | None] = []
+        texts: list[str] = []
+        for item in work:
+            stored = reusable.get(item.document.id, {})
+            for chunk in item.chunks:
+                vector = stored.get(chunk_hash(chunk.text))
+                vectors.append(vector)
+                if vector is None:
+                    texts.append(chunk.text)
+        encoded = iter(self.encoder.encode_passages(texts))
+        report.embedded += len(texts)
+        report.reused += len(vectors) - len(texts)
         report.tokens += sum(self.encoder.count_tokens(text) for text in texts)
-        rows: list[dict[str, Any]] = []
+
+        result: list[_DocumentRows] = []
         offset = 0
         for item in work:
             count = len(item.chunks)
-            rows.extend(
-                chunk_rows(item.document, item.chunks, vectors[offset : offset + count])
-            )
+            own = [
+                next(encoded) if vector is None else vector
+                for vector in vectors[offset : offset + count]
+            ]
+            rows = chunk_rows(item.document, item.chunks, own)
+            result.append(_DocumentRows(item.document.id, item.document.source, rows))
             offset += count
-        completed = [(item.document.id, len(item.chunks)) for item in work]
-        return rows, completed
+        return result
 
     # -- stage 3: write -----------------------------------------------------
 
@@ -351,15 +512,18 @@ class Ingester:
                 return
             if failure:
                 continue
-            rows, completed = item
             try:
-                self.store.upsert(rows)
-                for doc_id, count in completed:
-                    self.store.delete_stale_chunks(doc_id, count)
+                written = self._write_documents(item, report)
             except BaseException as exc:  # handed to the calling thread
                 failure.append(exc)
                 continue
-            report.chunks += len(rows)
+            report.chunks += written
+            logger.info(
+                "wrote %d rows of %d documents (%d in total)",
+                written,
+                len(item),
+                report.chunks,
+            )
             if self.on_progress:
                 self.on_progress(
                     Progress(
@@ -370,3 +534,43 @@ class Ingester:
                         elapsed=time.perf_counter() - started,
                     )
                 )
+
+    def _write_documents(
+        self, documents: list[_DocumentRows], report: IngestReport
+    ) -> int:
+        """Upsert the rows of ``documents``, then delete their stale chunks.
+
+        When the backend rejects a batch, each document is written alone, so one
+        bad document costs only itself. When retries of a transient error run
+        out, every document of the batch is reported and the run goes on. A
+        document that failed keeps its old rows, which do not look complete, so
+        the next run writes it again. Returns the number of rows written.
+        """
+        rows = [row for document in documents for row in document.rows]
+        try:
+            self.store.upsert(rows)
+        except StoreError as exc:
+            if exc.retryable or len(documents) == 1:
+                for document in documents:
+                    self._report_failed(document, exc, report)
+                return 0
+            return sum(self._write_documents([doc], report) for doc in documents)
+        for document in documents:
+            try:
+                self.store.delete_stale_chunks(document.doc_id, len(document.rows))
+            except StoreError as exc:
+                self._report_failed(document, exc, report)
+        return len(rows)
+
+    def _report_failed(
+        self, document: _DocumentRows, exc: StoreError, report: IngestReport
+    ) -> None:
+        from .loaders import SkippedInput
+
+        logger.error("failed to write document %s: %s", document.doc_id, exc)
+        report.skipped.append(
+            SkippedInput(
+                document.source,
+                f"document {document.doc_id!r} was not written: {exc}",
+            )
+        )

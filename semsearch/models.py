@@ -122,14 +122,19 @@ def resolve_model(
     return spec
 
 
-def fingerprint(spec: ModelSpec, dim: int) -> dict[str, object]:
+def fingerprint(
+    spec: ModelSpec, dim: int, *, quantization: str | None = None
+) -> dict[str, object]:
     """Describe everything that changes the embeddings, as a JSON-ready dict.
 
     Encoders with equal fingerprints produce the same vectors for the same text,
     up to floating-point precision, so a collection can store the fingerprint and
-    reject queries from another model.
+    reject queries from another model. The backend and the fp32, fp16 and bf16
+    precisions are left out because they agree to a cosine of 0.999 or more.
+    Quantised weights change the vectors more, so ``quantization`` (such as
+    "int8") adds a ``precision`` field.
     """
-    return {
+    described: dict[str, object] = {
         "model": spec.name,
         "revision": spec.revision,
         "weights_sha256": spec.weights_sha256,
@@ -140,6 +145,22 @@ def fingerprint(spec: ModelSpec, dim: int) -> dict[str, object]:
         "passage_prefix": spec.passage_prefix,
         "max_seq_length": spec.max_seq_length,
     }
+    if quantization is not None:
+        described["precision"] = quantization
+    return described
+
+
+def read_hidden_size(directory: Path) -> int:
+    """Read the embedding width from the model's config.json, without loading it."""
+    config = _read_json_if_exists(directory / "config.json")
+    # DistilBERT names the width "dim" and T5-style encoders "d_model".
+    for key in ("hidden_size", "d_model", "dim"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    raise ModelNotFoundError(
+        f"Model config {str(directory / 'config.json')!r} states no hidden_size. "
+        "Pass a directory that holds a Hugging Face transformers model."
+    )
 
 
 def bundled_model_path() -> Path:
@@ -364,6 +385,11 @@ def _hash_files(files: list[Path]) -> str:
 def _file_stat(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
+
+
+def cache_dir() -> Path:
+    """Return semsearch's user cache directory: $XDG_CACHE_HOME/semsearch or ~/.cache."""
+    return _cache_dir()
 
 
 def _cache_dir() -> Path:

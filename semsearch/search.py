@@ -15,6 +15,8 @@ from .errors import ConfigError
 from .types import Hit
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .encoder import Encoder
     from .rerank import Reranker
     from .store import MilvusStore
@@ -97,17 +99,21 @@ class Searcher:
         queries: Sequence[str],
         options: SearchOptions,
         expression: str = "",
+        vectors: np.ndarray | None = None,
     ) -> list[list[Hit]]:
+        """Answer each query; ``vectors`` are their embeddings, if already computed."""
         options.validate()
         if not queries:
             return []
         count = options.candidate_count()
         if self.reranker is not None:
             count = max(count, min(max(3 * options.k, 50), MAX_CANDIDATES))
-        vectors = None
         dense: list[list[Hit]] = [[] for _ in queries]
         lexical: list[list[Hit]] = [[] for _ in queries]
-        if options.mode in ("dense", "hybrid") or options.mmr_lambda is not None:
+        needs_vectors = (
+            options.mode in ("dense", "hybrid") or options.mmr_lambda is not None
+        )
+        if needs_vectors and vectors is None:
             vectors = self.encoder.encode_queries(list(queries))
         if options.mode in ("dense", "hybrid"):
             dense = self.store.search(

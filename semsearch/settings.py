@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,10 @@ ENVIRONMENT_VARIABLES = {
     "collection": "SEMSEARCH_COLLECTION",
     "model": "SEMSEARCH_MODEL",
     "device": "SEMSEARCH_DEVICE",
+    "backend": "SEMSEARCH_BACKEND",
+    "precision": "SEMSEARCH_PRECISION",
+    "index_type": "SEMSEARCH_INDEX_TYPE",
+    "index_params": "SEMSEARCH_INDEX_PARAMS",
 }
 
 
@@ -28,10 +33,18 @@ class Settings:
     collection: str = DEFAULT_COLLECTION
     model: str | None = None
     device: str = "auto"
+    # Encoder runtime ("auto", "torch" or "onnx") and precision ("auto", "fp32",
+    # "fp16", "bf16" or "int8"); the Encoder docstring says what "auto" picks.
+    backend: str = "auto"
+    precision: str = "auto"
     chunk_size: int | None = None
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
     batch_tokens: int = 16_384
     token: str | None = field(default=None, repr=False)
+    # The vector index of collections semsearch creates; None picks FLAT on
+    # Milvus Lite and HNSW on a server. index_params are its build parameters.
+    index_type: str | None = None
+    index_params: Mapping[str, Any] | None = None
 
     @classmethod
     def resolve(
@@ -46,7 +59,28 @@ class Settings:
             if environ.get(variable):
                 values[name] = environ[variable]
         values.update({k: v for k, v in explicit.items() if v is not None})
+        if isinstance(values.get("index_params"), str):
+            values["index_params"] = parse_index_params(values["index_params"])
         return cls(**values)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def parse_index_params(text: str) -> dict[str, Any]:
+    """Parse index build parameters given as a JSON object, e.g. '{"M": 32}'."""
+    from .errors import ConfigError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"invalid index params {text!r}: {exc.msg}. Pass a JSON object such "
+            'as \'{"M": 16, "efConstruction": 200}\''
+        ) from exc
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"invalid index params {text!r}: expected a JSON object such as "
+            '\'{"nlist": 1024}\''
+        )
+    return value

@@ -1,6 +1,6 @@
 """The Milvus collection: schema, fingerprint checks, upsert, delete and search.
 
-The store knows nothing of torch: it takes and returns plain lists of floats.
+The store does not use torch: it takes and returns plain lists of floats.
 """
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CollectionNotFoundError,
+    ConfigError,
+    FeatureUnavailableError,
     FilterError,
     ModelMismatchError,
     StoreError,
@@ -42,6 +46,17 @@ BATCH_MAX_ROWS = 512
 
 # Milvus caps limit + offset of one query at 16,384 rows.
 QUERY_PAGE_ROWS = 16_384
+
+# Transient failures (a server restarting, rate limits, a dropped connection)
+# are retried this many times in all, waiting 0.5, 1, 2 and 4 s in between.
+RETRY_ATTEMPTS = 5
+RETRY_FIRST_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 8.0
+# Reads and idempotent writes: an upsert or delete repeated after a lost reply
+# leaves the same rows as one that ran once.
+RETRIED_OPERATIONS = frozenset({"upsert", "delete", "query", "count", "query_iterator"})
+
+CHUNK_HASH_FIELD = "chunk_hash"
 
 LEXICAL_FIELD = "lexical"
 SPARSE_FIELD = "sparse"
@@ -172,6 +187,181 @@ def lite_file_in_use(uri: str) -> bool:
         os.close(fd)
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """Return True for errors that a later identical request may not hit.
+
+    These are pymilvus errors marked retriable by the server, connection and
+    unavailability errors, rate limits, and gRPC UNAVAILABLE, DEADLINE_EXCEEDED
+    and RESOURCE_EXHAUSTED statuses.
+    """
+    from pymilvus.exceptions import (
+        ConnectError,
+        ErrorCode,
+        MilvusException,
+        MilvusUnavailableException,
+    )
+
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MilvusException):
+        transient = (ConnectError, MilvusUnavailableException)
+        return (
+            exc.retriable
+            or isinstance(exc, transient)
+            or exc.code == ErrorCode.RATE_LIMIT
+        )
+    import grpc
+
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+    return False
+
+
+def retry_call(
+    operation: str,
+    func: Callable[[], Any],
+    *,
+    attempts: int = RETRY_ATTEMPTS,
+    first_delay: float = RETRY_FIRST_DELAY_S,
+    max_delay: float = RETRY_MAX_DELAY_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Call ``func`` until it succeeds, retrying retryable errors with backoff.
+
+    The delay doubles after each failed attempt, from ``first_delay`` up to
+    ``max_delay``. The last error, or the first one that is not retryable, is
+    raised unchanged.
+    """
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return func()
+        except Exception as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+            logger.warning(
+                "%s failed (attempt %d of %d), retrying in %.1f s: %s",
+                operation,
+                attempt,
+                attempts,
+                delay,
+                exc,
+            )
+        sleep(delay)
+        delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+# Milvus versions that first serve these features; older servers raise an
+# error naming them (BM25) or fall back to exact client-side work (grouping).
+BM25_MIN_VERSION = (2, 5)
+GROUP_BY_MIN_VERSION = (2, 4)
+
+# Float-vector index types of a CPU Milvus server (2.3 and newer). A server
+# validates them itself, so this list only fills error messages.
+SERVER_INDEX_TYPES = (
+    "AUTOINDEX",
+    "DISKANN",
+    "FLAT",
+    "HNSW",
+    "IVF_FLAT",
+    "IVF_PQ",
+    "IVF_SQ8",
+    "SCANN",
+)
+
+# Milvus Lite 3.2 searches rows still in memory exactly, and builds the index
+# (FAISS HNSW or IVF, or none for FLAT) only for segments flushed to disk. At
+# 30,000 rows its search time is dominated by its own overhead and is the same
+# with FLAT and HNSW (scripts/bench_lite_index.py, docs/server.md), so Lite
+# uses FLAT: exact, and with no index build on flush.
+LITE_DEFAULT_INDEX = "FLAT"
+SERVER_DEFAULT_INDEX = "HNSW"
+
+
+def default_index_params(index_type: str) -> dict[str, Any]:
+    """Return the build parameters semsearch uses for ``index_type``."""
+    if index_type == "HNSW":
+        return dict(HNSW_PARAMS)
+    if index_type in ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN"):
+        # NOTE: 1,024 lists suit 1M-row collections (about sqrt(rows)); pass
+        # --index-params for a much smaller or larger one.
+        params: dict[str, Any] = {"nlist": 1024}
+        if index_type == "IVF_PQ":
+            params.update({"m": 8, "nbits": 8})
+        return params
+    return {}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a Milvus backend serves, found by asking it.
+
+    ``index_types`` lists the vector index types the backend builds: for Milvus
+    Lite, read from the installed milvus_lite package; for a server, the
+    documented CPU index types.
+    """
+
+    lite: bool
+    server_version: str | None
+    bm25: bool
+    group_by: bool
+    index_types: tuple[str, ...]
+
+    @property
+    def default_index_type(self) -> str:
+        return LITE_DEFAULT_INDEX if self.lite else SERVER_DEFAULT_INDEX
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": "Milvus Lite" if self.lite else "Milvus server",
+            "server_version": self.server_version,
+            "bm25": self.bm25,
+            "group_by": self.group_by,
+            "index_types": list(self.index_types),
+        }
+
+
+def parse_version(text: str | None) -> tuple[int, int] | None:
+    """Return (major, minor) of the first ``N.N`` in a server's version string.
+
+    Milvus servers report ``v2.3.5`` and similar; Zilliz Cloud words it
+    differently but also names a Milvus version. Returns None when there is none.
+    """
+    if not text:
+        return None
+    match = re.search(r"(\d+)\.(\d+)", text)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def lite_index_types() -> tuple[str, ...]:
+    """Return the vector index types the installed Milvus Lite builds.
+
+    Milvus Lite 3.2 accepts any index name when a collection is created and
+    fails only when it builds the index for a flushed segment, on a later load,
+    so semsearch checks the name against this list first.
+    """
+    from milvus_lite.index import factory
+
+    known = set(factory.KNOWN_VECTOR_INDEX_TYPES) - {"SPARSE_INVERTED_INDEX"}
+    # IVF_PQ is a known name in Milvus Lite 3.2 but raises NotImplementedError
+    # when built.
+    known.discard("IVF_PQ")
+    if not factory.is_faiss_available():
+        known = {"AUTOINDEX", "BRUTE_FORCE", "FLAT"}
+    return tuple(sorted(known))
+
+
+def format_version(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
 class MilvusStore:
     """One semsearch collection on Milvus Lite, a Milvus server or Zilliz Cloud."""
 
@@ -182,9 +372,15 @@ class MilvusStore:
         *,
         token: str | None = None,
         consistency_level: str = "Strong",
-        index_type: str = "HNSW",
+        index_type: str | None = None,
         index_params: Mapping[str, Any] | None = None,
     ) -> None:
+        """Describe a collection; nothing connects until the first call.
+
+        ``index_type`` and ``index_params`` apply when this store creates the
+        collection. None picks FLAT on Milvus Lite and HNSW (M 16,
+        efConstruction 200) on a server.
+        """
         self.uri = uri
         self.collection = collection
         self.consistency_level = consistency_level
@@ -195,8 +391,14 @@ class MilvusStore:
         self._lock = threading.RLock()
         self._loaded = False
         self._schema_fields: set[str] | None = None
-        self.index_type = index_type
-        self.index_params = dict(index_params) if index_params else dict(HNSW_PARAMS)
+        self.index_type = index_type.upper() if index_type else None
+        self.index_params = dict(index_params) if index_params is not None else None
+        self._capabilities: Capabilities | None = None
+        self._version: str | None = None
+        self._version_asked = False
+
+    def __repr__(self) -> str:
+        return f"MilvusStore(uri={self.uri!r}, collection={self.collection!r})"
 
     # -- connection ---------------------------------------------------------
 
@@ -213,12 +415,16 @@ class MilvusStore:
         kwargs: dict[str, Any] = {"uri": self.uri}
         if self._token:
             kwargs["token"] = self._token
+        # A server that cannot be reached may come back, so the error is marked
+        # retryable; a Milvus Lite file that fails to open stays failed.
+        remote = not is_local_uri(self.uri)
         try:
             client = MilvusClient(**kwargs)
         except MilvusException as exc:
-            raise StoreError(self._connect_message(exc), code=exc.code) from exc
+            message = self._connect_message(exc)
+            raise StoreError(message, code=exc.code, retryable=remote) from exc
         except (OSError, RuntimeError) as exc:
-            raise StoreError(self._connect_message(exc)) from exc
+            raise StoreError(self._connect_message(exc), retryable=remote) from exc
         if is_local_uri(self.uri):
             _acquire_lite(self.uri)
         return client
@@ -249,12 +455,27 @@ class MilvusStore:
         self.close()
 
     def _call(self, operation: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a client call, turning Milvus exceptions into StoreError."""
+        """Run a client call, turning Milvus exceptions into StoreError.
+
+        Operations in RETRIED_OPERATIONS are retried on transient errors first.
+        """
+        import grpc
         from pymilvus.exceptions import MilvusException
 
-        try:
+        def attempt() -> Any:
             with self._lock:
                 return func(*args, **kwargs)
+
+        try:
+            if operation in RETRIED_OPERATIONS:
+                return retry_call(f"{operation} on {self.collection!r}", attempt)
+            return attempt()
+        except grpc.RpcError as exc:
+            raise StoreError(
+                f"{operation} failed on collection {self.collection!r} at "
+                f"{self.uri!r}: {exc}; check that the Milvus server is running",
+                retryable=is_retryable(exc),
+            ) from exc
         except MilvusException as exc:
             message = f"{operation} failed on collection {self.collection!r}: "
             message += exc.message or str(exc)
@@ -266,7 +487,9 @@ class MilvusStore:
                         "Check the syntax of Milvus boolean expressions, or use "
                         "--where key=value"
                     ) from exc
-            raise StoreError(message, code=exc.code) from exc
+            raise StoreError(
+                message, code=exc.code, retryable=is_retryable(exc)
+            ) from exc
 
     # -- collection ---------------------------------------------------------
 
@@ -341,17 +564,157 @@ class MilvusStore:
         """
         from pymilvus.exceptions import MilvusException
 
+        self.vector_index()
         try:
             self._create_with(fingerprint, lexical=True)
-        except MilvusException as exc:
+        except (MilvusException, StoreError) as exc:
+            # Milvus 2.3 rejects the index on the sparse field; a rejected
+            # vector index shows up again in the retry without it.
             logger.info("backend rejected BM25 full-text search: %s", exc)
             self._drop_quietly()
-            self._create_with(fingerprint, lexical=False)
+            self._create_without_lexical(fingerprint)
             return
         if not self._has_bm25_function():
             logger.info("backend dropped the BM25 function; creating without it")
             self._drop_quietly()
+            self._create_without_lexical(fingerprint)
+
+    def _create_without_lexical(self, fingerprint: Mapping[str, Any]) -> None:
+        from pymilvus.exceptions import MilvusException
+
+        index_type, params = self.vector_index()
+        try:
             self._create_with(fingerprint, lexical=False)
+        except (MilvusException, StoreError) as exc:
+            # A server creates the collection before it validates the index,
+            # so a rejected index leaves an empty collection behind.
+            self._drop_quietly()
+            if _is_index_rejection(exc):
+                raise self._index_error(index_type, params, exc) from exc
+            raise
+
+    def vector_index(self) -> tuple[str, dict[str, Any]]:
+        """Return the index type and build parameters for a new collection.
+
+        Raises ConfigError for a type the backend does not build.
+        """
+        lite = is_local_uri(self.uri)
+        default = LITE_DEFAULT_INDEX if lite else SERVER_DEFAULT_INDEX
+        index_type = self.index_type or default
+        params = default_index_params(index_type)
+        params.update(self.index_params or {})
+        if lite and index_type not in self.accepted_index_types():
+            raise self._index_error(index_type, params, None)
+        return index_type, params
+
+    def _index_error(
+        self, index_type: str, params: Mapping[str, Any], exc: Exception | None
+    ) -> ConfigError:
+        backend = "Milvus Lite" if is_local_uri(self.uri) else "this Milvus server"
+        message = f"vector index type {index_type!r} with params {dict(params)} "
+        if exc is None:
+            message += f"is not built by {backend}"
+        else:
+            reason = getattr(exc, "message", None) or str(exc)
+            message += f"was rejected by {backend}: {reason}"
+        accepted = ", ".join(self.accepted_index_types())
+        return ConfigError(
+            f"{message}. Accepted index types: {accepted}. Pass one with "
+            "--index-type, and its build parameters with --index-params JSON"
+        )
+
+    def capabilities(self) -> Capabilities:
+        """Return what the backend serves, asking it once per store.
+
+        The server version comes from the backend. BM25 support is found by
+        creating a throwaway collection with a BM25 function and checking that
+        the backend kept it (Milvus 2.3 accepts the schema and drops the
+        function). Grouping search follows from the reported version.
+        """
+        if self._capabilities is None:
+            self._capabilities = Capabilities(
+                lite=is_local_uri(self.uri),
+                server_version=self.server_version(),
+                bm25=self._probe_bm25(),
+                group_by=self.supports_group_by(),
+                index_types=self.accepted_index_types(),
+            )
+            logger.debug("capabilities of %s: %s", self.uri, self._capabilities)
+        return self._capabilities
+
+    def server_version(self) -> str | None:
+        """Return the version string the backend reports, or None."""
+        from pymilvus.exceptions import MilvusException
+
+        if not self._version_asked:
+            self._version_asked = True
+            try:
+                with self._lock:
+                    self._version = str(self.client.get_server_version())
+            except MilvusException as exc:
+                logger.info("backend at %s reports no version: %s", self.uri, exc)
+        return self._version
+
+    def supports_group_by(self) -> bool:
+        """Return True when searches with ``group_by_field`` group on the backend.
+
+        Milvus 2.3 accepts the parameter and ignores it, returning ungrouped hits.
+        """
+        if is_local_uri(self.uri):
+            return True
+        parsed = parse_version(self.server_version())
+        return parsed is not None and parsed >= GROUP_BY_MIN_VERSION
+
+    def accepted_index_types(self) -> tuple[str, ...]:
+        if is_local_uri(self.uri):
+            return lite_index_types()
+        return SERVER_INDEX_TYPES
+
+    def _probe_bm25(self) -> bool:
+        """Create and drop a small collection with a BM25 function."""
+        from pymilvus import DataType, Function, FunctionType
+        from pymilvus.exceptions import MilvusException
+
+        name = f"semsearch_probe_{os.urandom(6).hex()}"
+        client = self.client
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("text", DataType.VARCHAR, max_length=64, enable_analyzer=True)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
+        )
+        try:
+            with self._lock:
+                client.create_collection(name, schema=schema)
+                info = client.describe_collection(name)
+        except MilvusException as exc:
+            logger.info("backend rejected BM25 full-text search: %s", exc)
+            return False
+        finally:
+            with self._lock:
+                if client.has_collection(name):
+                    client.drop_collection(name)
+        return any(
+            "sparse" in (function.get("output_field_names") or [])
+            for function in info.get("functions") or []
+        )
+
+    def index_description(self) -> dict[str, Any]:
+        """Return Milvus' description of the vector index of the collection."""
+        return dict(
+            self._call(
+                "describe_index",
+                self.client.describe_index,
+                self.collection,
+                index_name="vector",
+            )
+        )
 
     def _create_with(self, fingerprint: Mapping[str, Any], *, lexical: bool) -> None:
         from pymilvus import DataType, Function, FunctionType
@@ -374,17 +737,23 @@ class MilvusStore:
         schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX_BYTES)
         schema.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX_BYTES)
         schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field(CHUNK_HASH_FIELD, DataType.VARCHAR, max_length=64)
         schema.add_field("metadata", DataType.JSON)
 
         index_params = client.prepare_index_params()
-        index_type, params = self.index_type, self.index_params
+        index_type, params = self.vector_index()
+        if is_local_uri(self.uri):
+            # pymilvus 3.0 sends build parameters as one key-value pair each,
+            # and Milvus Lite 3.2 reads them only from a "params" JSON pair, so
+            # they are nested for Lite. Servers accept both forms.
+            params = {"params": params} if params else {}
         index_params.add_index(
             "vector", index_type=index_type, metric_type="COSINE", params=params
         )
         if lexical:
-            # The lexical field holds the chunk text already lowercased, stemmed
-            # and stripped of stop words by semsearch, so every backend scores
-            # the same terms; the whitespace tokenizer only splits it.
+            # The lexical field contains the chunk text already lowercased,
+            # stemmed and stripped of stop words by semsearch, so every backend
+            # scores the same terms. The standard tokenizer only splits it.
             schema.add_field(
                 LEXICAL_FIELD,
                 DataType.VARCHAR,
@@ -445,6 +814,15 @@ class MilvusStore:
         """True when the collection has BM25 full-text search."""
         return LEXICAL_FIELD in self._fields()
 
+    @property
+    def has_chunk_hash(self) -> bool:
+        """True when rows store the sha256 of their chunk text.
+
+        Collections created before the field existed lack it; their rows are
+        written without it and their vectors are never reused.
+        """
+        return CHUNK_HASH_FIELD in self._fields()
+
     def _fields(self) -> set[str]:
         if self._schema_fields is None:
             info = self._call(
@@ -459,6 +837,50 @@ class MilvusStore:
     def drop(self) -> None:
         if self.exists():
             self._call("drop_collection", self.client.drop_collection, self.collection)
+        self._loaded = False
+        self._schema_fields = None
+
+    # -- aliases ------------------------------------------------------------
+    # NOTE: Milvus resolves an alias wherever it takes a collection name, so
+    # drop() on an alias drops the collection it points to (Milvus Lite 3.2).
+
+    def alias_target(self, name: str | None = None) -> str | None:
+        """Return the collection that alias ``name`` points to, or None.
+
+        ``name`` defaults to this store's collection. None means ``name`` is no
+        alias: a real collection, or nothing at all.
+        """
+        from pymilvus.exceptions import MilvusException
+
+        alias = name or self.collection
+        try:
+            with self._lock:
+                info = self.client.describe_alias(alias)
+        except MilvusException as exc:
+            text = (exc.message or str(exc)).lower()
+            if "not exist" in text or "not found" in text:
+                return None
+            raise StoreError(
+                f"describe_alias failed for {alias!r}: {exc.message or exc}",
+                code=exc.code,
+            ) from exc
+        return str(info["collection_name"]) if info else None
+
+    def create_alias(self, alias: str, target: str) -> None:
+        """Create ``alias`` for collection ``target``; no collection may be so named."""
+        self._call("create_alias", self.client.create_alias, target, alias)
+
+    def alter_alias(self, alias: str, target: str) -> None:
+        """Point the existing ``alias`` at ``target`` in one atomic step."""
+        self._call("alter_alias", self.client.alter_alias, target, alias)
+
+    def drop_alias(self, alias: str) -> None:
+        self._call("drop_alias", self.client.drop_alias, alias)
+
+    def rename_collection(self, old_name: str, new_name: str) -> None:
+        self._call(
+            "rename_collection", self.client.rename_collection, old_name, new_name
+        )
         self._loaded = False
         self._schema_fields = None
 
@@ -480,6 +902,9 @@ class MilvusStore:
         else:
             for row in rows:
                 row.pop(LEXICAL_FIELD, None)
+        if not self.has_chunk_hash:
+            for row in rows:
+                row.pop(CHUNK_HASH_FIELD, None)
         written = 0
         for batch in batches_by_size(rows):
             self._call("upsert", self.client.upsert, self.collection, batch)
@@ -518,40 +943,62 @@ class MilvusStore:
             filter=expression,
             output_fields=list(output_fields),
             limit=QUERY_PAGE_ROWS,
+            consistency_level=self.consistency_level,
         )
         if len(page) < QUERY_PAGE_ROWS:
             return list(page)
-        return self._query_all(expression, output_fields)
+        rows: list[dict[str, Any]] = []
+        for batch in self.iter_rows(expression, output_fields):
+            rows.extend(batch)
+        return rows
 
-    def _query_all(
-        self, expression: str, output_fields: Sequence[str]
-    ) -> list[dict[str, Any]]:
-        """Read a large result with a query iterator, which pages by primary key."""
+    def iter_rows(
+        self,
+        expression: str,
+        output_fields: Sequence[str],
+        batch_size: int = 1000,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield the rows matching ``expression`` in batches, paging by primary key.
+
+        A query iterator reads past Milvus' cap of 16,384 rows per query.
+        """
         iterator = self._call(
             "query_iterator",
             self.client.query_iterator,
             self.collection,
-            batch_size=1000,
+            batch_size=batch_size,
             filter=expression,
             output_fields=list(output_fields),
+            consistency_level=self.consistency_level,
         )
-        rows: list[dict[str, Any]] = []
         try:
-            while page := iterator.next():
-                rows.extend(page)
+            while True:
+                page = self._call("query_iterator", iterator.next)
+                if not page:
+                    return
+                yield list(page)
         finally:
             iterator.close()
-        return rows
 
     def count(self, expression: str = "") -> int:
+        # NOTE: get_collection_stats reports 0 rows on Milvus 2.3.5 until a
+        # flush, so rows are counted with a count(*) query at Strong consistency.
         result = self._call(
             "count",
             self.client.query,
             self.collection,
             filter=expression,
             output_fields=["count(*)"],
+            consistency_level=self.consistency_level,
         )
         return int(result[0]["count(*)"])
+
+    def field_names(self) -> list[str]:
+        """Return the collection's field names in schema order."""
+        info = self._call(
+            "describe_collection", self.client.describe_collection, self.collection
+        )
+        return [field["name"] for field in info.get("fields", [])]
 
     def stored_documents(self, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
         """Return what the collection records for each of ``doc_ids`` present."""
@@ -591,7 +1038,9 @@ class MilvusStore:
         params: dict[str, Any] = {"metric_type": "COSINE"}
         params.update(search_params or {"params": {"ef": max(64, k)}})
         kwargs: dict[str, Any] = {}
-        if group_by_doc:
+        # Without grouping on the backend, the searcher groups the hits itself,
+        # which is exact for the documents among the candidates it fetched.
+        if group_by_doc and self.supports_group_by():
             kwargs["group_by_field"] = "doc_id"
         results = self._call(
             "search",
@@ -620,10 +1069,14 @@ class MilvusStore:
         from .lexical import lexical_text
 
         if not self.has_lexical:
-            raise StoreError(
+            version = self.server_version()
+            reported = f" (this backend reports {version})" if version else ""
+            raise FeatureUnavailableError(
                 f"collection {self.collection!r} at {self.uri!r} has no BM25 full-text "
-                "index: BM25 search needs Milvus 2.5 or newer (or Milvus Lite 3), and "
-                "a collection created there by semsearch. Use --mode dense here"
+                f"index{reported}: BM25 full-text search needs Milvus "
+                f"{format_version(BM25_MIN_VERSION)} or newer (or Milvus Lite 3), and "
+                "a collection created there by semsearch. Use --mode dense here, or "
+                "copy the collection to such a backend with 'semsearch migrate'"
             )
         analysed = [lexical_text(text) for text in texts]
         results: list[list[Hit]] = [[] for _ in texts]
@@ -648,6 +1101,27 @@ class MilvusStore:
             # them positive. Both rank best first, so the magnitude is the score.
             results[index] = [replace(hit, score=abs(hit.score)) for hit in hits]
         return results
+
+    def chunk_vectors(
+        self, doc_ids: Sequence[str]
+    ) -> dict[str, dict[str, list[float]]]:
+        """Return ``{doc_id: {chunk_hash: vector}}`` for the stored chunks of docs.
+
+        Empty when the collection does not store chunk hashes.
+        """
+        from .filters import quote_string
+
+        found: dict[str, dict[str, list[float]]] = {}
+        if not doc_ids or not self.has_chunk_hash:
+            return found
+        fields = ["doc_id", CHUNK_HASH_FIELD, "vector"]
+        for start in range(0, len(doc_ids), 256):
+            values = ", ".join(quote_string(v) for v in doc_ids[start : start + 256])
+            for row in self.query(f"doc_id in [{values}]", fields):
+                if row[CHUNK_HASH_FIELD]:
+                    by_hash = found.setdefault(row["doc_id"], {})
+                    by_hash[row[CHUNK_HASH_FIELD]] = list(row["vector"])
+        return found
 
     def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
         """Return the stored vectors for chunk ids."""
@@ -732,5 +1206,21 @@ def _looks_like_parse_error(exc: Exception) -> bool:
             "invalid expr",
             "unsupported",
             "not found",
+            # Milvus Lite 3.2 words its expression errors like these.
+            "unexpected",
+            "unknown field",
+            "incompatible types",
+            "expected '",
+            "requires a",
         )
     )
+
+
+def _is_index_rejection(exc: Exception) -> bool:
+    """Return True when a create failure without BM25 fields is about the index.
+
+    Milvus 2.3.5 words these "invalid index type: X" or names the bad build
+    parameter, as in "nlist out of range: [1, 65536]".
+    """
+    text = (getattr(exc, "message", None) or str(exc)).lower()
+    return "index" in text or "out of range" in text

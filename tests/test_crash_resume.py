@@ -1,0 +1,120 @@
+"""An ingest killed mid-write is finished by the next run, with nothing lost or doubled.
+
+The command runs in its own process group on a Milvus Lite file, and SIGKILL goes
+to the whole group, so the embedded Milvus Lite server dies with it, as in a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semsearch.store import MilvusStore
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+# Written batches to wait for before the kill; each holds about 256 chunks.
+WRITES_BEFORE_KILL = 3
+FIELDS = ["id", "doc_id", "text", "ordinal", "chunk_count", "doc_hash", "chunk_hash"]
+
+pytestmark = pytest.mark.slow
+
+
+def _command(db: str, collection: str, corpus: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "semsearch.cli", "-v", "--uri", db,
+        "--collection", collection, "ingest", str(corpus),
+        "--chunk-size", "64", "--json", *extra,
+    ]  # fmt: skip
+
+
+def _environment() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200")
+
+
+def _run_and_kill(command: list[str]) -> int:
+    """Start ``command``, SIGKILL it after some written batches; return how many."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+        start_new_session=True,
+    )
+    writes = 0
+    try:
+        for line in process.stderr:
+            if "wrote" in line and "rows of" in line:
+                writes += 1
+                if writes >= WRITES_BEFORE_KILL:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    break
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        process.stderr.close()
+    return writes
+
+
+def _run(command: list[str]) -> dict:
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=_environment(), timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def _rows(db: str, collection: str) -> list[dict]:
+    with MilvusStore(db, collection) as store:
+        store.require()
+        return store.query("", [*FIELDS, "vector"])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("speeches")
+    for path in sorted((SAMPLES / "txt").glob("sotu-19[5-9]*.txt")):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_ingest_killed_then_resumed_matches_clean_run(tmp_path, corpus):
+    db = str(tmp_path / "crash.db")
+    writes = _run_and_kill(_command(db, "resumed", corpus))
+    resumed = _run(_command(db, "resumed", corpus))
+    clean = _run(_command(db, "clean", corpus))
+
+    resumed_rows = _rows(db, "resumed")
+    clean_rows = _rows(db, "clean")
+
+    def by_id(rows: list[dict]) -> dict[str, dict]:
+        return {row["id"]: {key: row[key] for key in FIELDS} for row in rows}
+
+    assert writes >= 1, "the first run finished no batch before the kill"
+    assert resumed["documents"] == clean["documents"]
+    assert resumed["unchanged"] > 0
+    assert resumed["embedded"] < clean["embedded"]
+    assert len(resumed_rows) == len(clean_rows)
+    assert by_id(resumed_rows) == by_id(clean_rows)
+
+    ordinals: dict[str, list[int]] = defaultdict(list)
+    for row in resumed_rows:
+        ordinals[row["doc_id"]].append(row["ordinal"])
+    counts = {row["doc_id"]: row["chunk_count"] for row in resumed_rows}
+    for doc_id, found in ordinals.items():
+        assert sorted(found) == list(range(counts[doc_id])), doc_id
+    assert sorted(ordinals) == sorted(path.name for path in corpus.iterdir())
+
+    resumed_vectors = {row["id"]: row["vector"] for row in resumed_rows}
+    for row in clean_rows:
+        assert np.allclose(resumed_vectors[row["id"]], row["vector"], atol=1e-4)
