@@ -18,9 +18,11 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,7 +67,7 @@ class PhaseResult:
     qps: float
     p50_ms: float
     p99_ms: float
-    encoder_calls: int | None
+    batched_calls: int | None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,19 +103,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def serve_worker(args: argparse.Namespace) -> None:
-    """Serve the API on an inherited listening socket until SIGTERM."""
+    """Serve the API on an inherited listening socket until SIGTERM.
+
+    Prints how many search_many() calls the micro-batcher made, on exit. uvicorn
+    runs in a thread because in the main thread it re-raises SIGTERM after
+    shutting down, which would end the process before the print.
+    """
     import uvicorn
 
     from semsearch import SemanticSearch
     from semsearch.server import create_app
 
     listener = socket.socket(fileno=args.fd)
+    # Blocked here, SIGTERM waits for sigwait() below; the thread inherits the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     with SemanticSearch(uri=args.db, collection=args.collection) as engine:
         app = create_app(engine, micro_batching=args.micro_batching == "on")
         config = uvicorn.Config(app, log_config=None, access_log=False)
-        uvicorn.Server(config).run(sockets=[listener])
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+        thread.start()
+        signal.sigwait({signal.SIGTERM})
+        server.should_exit = True
+        thread.join()
         batcher = app.state.batcher
-    print(json.dumps({"encoder_calls": batcher.calls if batcher else None}))
+    print(json.dumps({"batched_calls": batcher.calls if batcher else None}))
 
 
 # -- the load generator --------------------------------------------------------
@@ -163,7 +177,7 @@ async def wait_ready(base: str, process: Any, timeout_s: float = 180.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=base) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with code {process.returncode}")
@@ -229,7 +243,7 @@ def run_phase(args: argparse.Namespace, micro_batching: bool) -> PhaseResult:
         output, _ = process.communicate(timeout=60)
     calls = None
     if output.strip():
-        calls = json.loads(output.strip().splitlines()[-1])["encoder_calls"]
+        calls = json.loads(output.strip().splitlines()[-1])["batched_calls"]
     milliseconds = np.asarray(latencies) * 1000
     return PhaseResult(
         micro_batching=micro_batching,
@@ -239,17 +253,17 @@ def run_phase(args: argparse.Namespace, micro_batching: bool) -> PhaseResult:
         qps=round(len(latencies) / elapsed, 1),
         p50_ms=round(float(np.percentile(milliseconds, 50)), 1),
         p99_ms=round(float(np.percentile(milliseconds, 99)), 1),
-        encoder_calls=calls,
+        batched_calls=calls,
     )
 
 
 def print_table(results: list[PhaseResult]) -> None:
     print(
-        "| micro-batching | requests | errors | QPS | p50 ms | p99 ms | encoder calls |"
+        "| micro-batching | requests | errors | QPS | p50 ms | p99 ms | batched calls |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for result in results:
-        calls = "-" if result.encoder_calls is None else str(result.encoder_calls)
+        calls = "-" if result.batched_calls is None else str(result.batched_calls)
         print(
             f"| {'on' if result.micro_batching else 'off'} | {result.requests} "
             f"| {result.errors} | {result.qps} | {result.p50_ms} | {result.p99_ms} "

@@ -155,6 +155,14 @@ class SemanticSearch:
             budget = content_token_budget(
                 encoder.tokenizer, chunk_size, encoder.spec.passage_prefix
             )
+            overlap = self.settings.chunk_overlap
+            if overlap >= budget:
+                raise ConfigError(
+                    f"chunk overlap {overlap} must be smaller than the {budget} "
+                    f"content tokens of a {chunk_size}-token chunk (the rest are "
+                    f"special tokens), so each chunk adds new text; use "
+                    f"--chunk-overlap {budget - 1} or less, or a larger --chunk-size"
+                )
             # The chunker runs on the ingest loader thread while the encoder
             # tokenises on another, and a fast tokenizer must not be shared
             # between threads, so the chunker gets its own copy.

@@ -54,6 +54,8 @@ def _configure_logging(verbosity: int) -> None:
 
     # transformers draws a progress bar on stderr while loading weights.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # gRPC's C core prints keepalive notices on stderr from long-lived channels.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if verbosity > 1 else "NONE")
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = RichHandler(console=_stderr(), show_path=False, show_time=verbosity > 1)
     package = logging.getLogger("semsearch")
@@ -1022,10 +1024,10 @@ def reindex(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
-    kept = "dropped" if result.dropped_old else "kept"
+    old_state = "dropped" if result.dropped_old else "kept"
     console.print(
         f"{result.rows} chunks re-embedded into {result.new_collection}; "
-        f"{result.alias} now points to it ({result.old_collection} {kept}), "
+        f"{result.alias} now points to it ({result.old_collection} {old_state}), "
         f"{result.seconds:.0f} s",
         highlight=False,
     )

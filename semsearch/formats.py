@@ -89,7 +89,38 @@ def decode_bytes(data: bytes, source: str, declared: str | None = None) -> str:
             return _normalise_newlines(data.decode(declared))
         except (LookupError, UnicodeDecodeError):
             logger.debug("%s: declared charset %r does not decode it", source, declared)
+    mixed = _decode_mixed_utf8(data, source)
+    if mixed is not None:
+        return _normalise_newlines(mixed)
     return _normalise_newlines(_decode_detected(data, source))
+
+
+def _decode_mixed_utf8(data: bytes, source: str) -> str | None:
+    """Decode UTF-8 text with stray single bytes, reading each stray byte as cp1252.
+
+    Such files come from pasting Windows-1252 text into a UTF-8 file. Returns None
+    unless the data holds at least one valid multi-byte UTF-8 sequence, because
+    text without one is in a single-byte encoding that detection handles.
+    """
+    text = data.decode("utf-8", errors="surrogateescape")
+    if not any("\x80" <= char < "\udc80" or char > "\udcff" for char in text):
+        return None
+    stray = 0
+    parts = []
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            stray += 1
+            byte = bytes([ord(char) - 0xDC00])
+            # Five bytes are undefined in cp1252; Latin-1 maps them to C1 controls.
+            try:
+                char = byte.decode("cp1252")
+            except UnicodeDecodeError:
+                char = byte.decode("latin-1")
+        parts.append(char)
+    logger.info(
+        "%s: decoded as UTF-8, reading %d invalid bytes as cp1252", source, stray
+    )
+    return "".join(parts)
 
 
 def find_declared_charset(data: bytes) -> str | None:

@@ -132,6 +132,9 @@ class _DocumentRows:
     doc_id: str
     source: str
     rows: list[dict[str, Any]]
+    # False for a document with no rows stored before this run, which has no
+    # stale chunks to delete.
+    stored: bool = True
 
 
 def chunk_hash(text: str) -> str:
@@ -482,7 +485,9 @@ class Ingester:
         encoded = iter(self.encoder.encode_passages(texts))
         report.embedded += len(texts)
         report.reused += len(vectors) - len(texts)
-        report.tokens += sum(self.encoder.count_tokens(text) for text in texts)
+        if texts:
+            encoded_ids = self.encoder.tokenizer(texts, add_special_tokens=False)
+            report.tokens += sum(len(ids) for ids in encoded_ids["input_ids"])
 
         result: list[_DocumentRows] = []
         offset = 0
@@ -493,7 +498,11 @@ class Ingester:
                 for vector in vectors[offset : offset + count]
             ]
             rows = chunk_rows(item.document, item.chunks, own)
-            result.append(_DocumentRows(item.document.id, item.document.source, rows))
+            result.append(
+                _DocumentRows(
+                    item.document.id, item.document.source, rows, stored=item.stored
+                )
+            )
             offset += count
         return result
 
@@ -555,11 +564,18 @@ class Ingester:
                     self._report_failed(document, exc, report)
                 return 0
             return sum(self._write_documents([doc], report) for doc in documents)
-        for document in documents:
+        # Only documents stored before can have chunks past their new count.
+        # Milvus Lite scans the collection for each delete, so new documents
+        # skip it and the rest share one delete call.
+        rewritten = [document for document in documents if document.stored]
+        if rewritten:
             try:
-                self.store.delete_stale_chunks(document.doc_id, len(document.rows))
+                self.store.delete_stale_chunks_many(
+                    [(document.doc_id, len(document.rows)) for document in rewritten]
+                )
             except StoreError as exc:
-                self._report_failed(document, exc, report)
+                for document in rewritten:
+                    self._report_failed(document, exc, report)
         return len(rows)
 
     def _report_failed(

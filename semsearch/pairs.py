@@ -32,10 +32,14 @@ HEADING_SEPARATOR = " > "
 # A sentence anchor needs this many words, and the rest of its chunk this many
 # characters, or the pair carries too little to learn from.
 MIN_SENTENCE_WORDS = 6
-MIN_REST_CHARS = 80
+MIN_REST_CHARS = 40
 # A sentence ends at ., ! or ? followed by whitespace and an upper-case letter,
 # a digit or an opening bracket or quote.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_HEADING = re.compile(r"\s{0,3}#{1,6}(\s|$)")
+# Characters allowed before a document's title at the start of its first chunk.
+TITLE_PREFIX_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -174,9 +178,17 @@ def _heading_pairs(
         anchor = HEADING_SEPARATOR.join(str(part) for part in path if str(part).strip())
         if not anchor or anchor in seen:
             continue
-        seen.add(anchor)
-        pairs.append(TrainingPair(anchor, str(row["text"]).strip(), group=doc_id))
+        # The heading lines themselves would give the answer away.
+        section = _strip_headings(str(row["text"]))
+        if section:
+            seen.add(anchor)
+            pairs.append(TrainingPair(anchor, section, group=doc_id))
     return pairs
+
+
+def _strip_headings(text: str) -> str:
+    lines = [line for line in text.splitlines() if not _HEADING.match(line)]
+    return "\n".join(lines).strip()
 
 
 def _title_pairs(
@@ -187,9 +199,12 @@ def _title_pairs(
     if not title or title == doc_id:
         return []
     # Documents often start with their own title, which would make the pair a
-    # string match rather than a lesson in meaning.
-    if text.startswith(title):
-        text = text[len(title) :].strip()
+    # string match rather than a lesson in meaning. The slack lets the title
+    # follow a Markdown "# " or similar marker.
+    position = text.find(title)
+    if 0 <= position <= TITLE_PREFIX_SLACK:
+        text = text[position + len(title) :]
+    text = _strip_headings(text)
     if not text:
         return []
     return [TrainingPair(title, text, group=doc_id)]
@@ -216,9 +231,19 @@ def _sentence_pairs(
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split text into sentences at end punctuation, dropping empty pieces."""
-    pieces = (piece.strip() for piece in _SENTENCE_END.split(text))
-    return [" ".join(piece.split()) for piece in pieces if piece]
+    """Split text into sentences at paragraph breaks and end punctuation.
+
+    Markdown heading lines are dropped, and whitespace inside a sentence is
+    collapsed to single spaces.
+    """
+    sentences = []
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        lines = [line for line in paragraph.splitlines() if not _HEADING.match(line)]
+        for piece in _SENTENCE_END.split("\n".join(lines)):
+            sentence = " ".join(piece.split())
+            if sentence:
+                sentences.append(sentence)
+    return sentences
 
 
 def unique_pairs(pairs: Iterable[TrainingPair]) -> list[TrainingPair]:

@@ -85,8 +85,6 @@ def reindex(
     dropped after the switch; otherwise it stays, and ``alter_alias`` can point
     the name back at it.
     """
-    from .store import MilvusStore
-
     started = time.perf_counter()
     name = source.collection
     source.require()
@@ -117,8 +115,11 @@ def reindex(
         destination.close()
 
     _switch(source, name, old_collection, target, old_fingerprint)
+    # NOTE: after the switch the user-facing name is an alias of the new
+    # collection, so the old one is dropped by its own (possibly new) name.
+    old_collection = _renamed(name, old_collection, old_fingerprint)
     if drop_old:
-        old = MilvusStore(source.uri, old_collection, token=source._token)
+        old = _sibling(source, old_collection)
         try:
             old.drop()
         finally:
@@ -126,7 +127,7 @@ def reindex(
     logger.info("Reindexed %s: %d rows, %s -> %s", name, rows, old_collection, target)
     return ReindexResult(
         alias=name,
-        old_collection=_renamed(name, old_collection, old_fingerprint),
+        old_collection=old_collection,
         new_collection=target,
         rows=rows,
         dropped_old=drop_old,
@@ -192,7 +193,12 @@ def _switch(
     # cannot rename a collection and create an alias in one step.
     renamed = _renamed(name, old_collection, old_fingerprint)
     store.rename_collection(name, renamed)
-    store.create_alias(name, target)
+    try:
+        store.create_alias(name, target)
+    except StoreError:
+        # Give the name back to the old collection rather than leave it unbound.
+        store.rename_collection(renamed, name)
+        raise
 
 
 def _renamed(name: str, old_collection: str, old_fingerprint: dict[str, Any]) -> str:

@@ -5,20 +5,22 @@ app and ``semsearch serve`` runs it with uvicorn. The model loads once at start,
 and concurrent requests share it and the Milvus connection: the store runs one
 Milvus call at a time and the encoder one batch at a time.
 
-With micro-batching on, the queries of concurrent ``/search`` requests are
-embedded together in one encoder call, and each request then runs its own
-Milvus search with its vector.
+With micro-batching on, concurrent ``/search`` requests with the same options
+are served together: their queries are embedded in one encoder call and
+searched in one Milvus call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,9 +39,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from .api import SemanticSearch
+    from .types import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,15 @@ MAX_BATCH_QUERIES = 256
 MAX_DOCUMENTS_PER_REQUEST = 10_000
 
 # How long the first query of a micro-batch waits for others, and the largest
-# batch. 5 ms is a small share of one query's encoder time on CPU.
+# batch. 5 ms is small next to one search, about 70 ms for embedding and Milvus
+# on the 2-core machine of docs/benchmarks-server.md.
 BATCH_WAIT_S = 0.005
 BATCH_MAX_QUERIES = 64
 
-# Paths that answer without an API key: the liveness probe and the API schema.
+# Paths that need no API key: the liveness probe and the API schema.
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/redoc"})
 
+T = TypeVar("T")
 Query = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 WhereValue = bool | int | float | str
 
@@ -183,31 +186,37 @@ class ErrorResponse(BaseModel):
 # -- micro-batching ------------------------------------------------------------
 
 
-class QueryBatcher:
-    """A queue that embeds the queries of concurrent requests in shared encoder calls.
+class QueryBatcher(Generic[T]):
+    """A queue that runs the queries of concurrent requests in shared calls.
 
-    The first query waits ``max_wait_s`` for others. While a batch is in the
-    encoder, new queries queue and go into the next call without waiting, so
-    one encoder call runs at a time. Use it from one event loop only.
+    ``run`` takes a list of queries and returns one result per query, in order.
+    The first query waits ``max_wait_s`` for others. While a call runs, new
+    queries queue and go into the next call without waiting, so one call runs
+    at a time. Use it from one event loop only.
     """
 
     def __init__(
         self,
-        embed: Callable[[list[str]], np.ndarray],
+        run: Callable[[list[str]], Sequence[T]],
         *,
         max_wait_s: float = BATCH_WAIT_S,
         max_batch: int = BATCH_MAX_QUERIES,
     ) -> None:
-        self._embed = embed
+        self._run = run
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
-        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._pending: list[tuple[str, asyncio.Future[T]]] = []
         self._worker: asyncio.Task[None] | None = None
         self.calls = 0
 
-    async def embed(self, query: str) -> np.ndarray:
-        """Return the embedding of ``query``, computed in a shared batch."""
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+    @property
+    def idle(self) -> bool:
+        """True when no query is queued or running."""
+        return not self._pending and (self._worker is None or self._worker.done())
+
+    async def submit(self, query: str) -> T:
+        """Return the result for ``query``, computed in a shared call."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((query, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
@@ -223,17 +232,54 @@ class QueryBatcher:
                 continue
             self.calls += 1
             try:
-                vectors = await run_in_threadpool(
-                    self._embed, [query for query, _ in live]
+                results = await run_in_threadpool(
+                    self._run, [query for query, _ in live]
                 )
             except Exception as exc:  # noqa: BLE001 (handed to each waiting request)
                 for _, future in live:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), vector in zip(live, vectors, strict=True):
+            for (_, future), result in zip(live, results, strict=True):
                 if not future.done():
-                    future.set_result(vector)
+                    future.set_result(result)
+
+
+class SearchBatcher:
+    """Micro-batching for ``/search``: one batcher per set of search options.
+
+    Concurrent requests with the same options (k, filter, where, mode,
+    min_score) are served by one ``search_many()`` call, so their queries are
+    embedded in one encoder call and searched in one Milvus call.
+    """
+
+    def __init__(self, engine: SemanticSearch, *, max_idle_batchers: int = 256) -> None:
+        self.engine = engine
+        self.max_idle_batchers = max_idle_batchers
+        self._batchers: dict[str, QueryBatcher[list[Hit]]] = {}
+
+    @property
+    def calls(self) -> int:
+        """Number of ``search_many()`` calls made so far by live batchers."""
+        return sum(batcher.calls for batcher in self._batchers.values())
+
+    async def search(self, query: str, options: dict[str, Any]) -> list[Hit]:
+        """Return the hits for ``query``, searched together with its peers."""
+        key = json.dumps(options, sort_keys=True, default=str)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            self._drop_idle()
+            batcher = QueryBatcher(
+                functools.partial(self.engine.search_many, **options)
+            )
+            self._batchers[key] = batcher
+        return await batcher.submit(query)
+
+    def _drop_idle(self) -> None:
+        if len(self._batchers) < self.max_idle_batchers:
+            return
+        for key in [key for key, b in self._batchers.items() if b.idle]:
+            del self._batchers[key]
 
 
 # -- the app -------------------------------------------------------------------
@@ -281,7 +327,7 @@ def create_app(
         },
     )
     app.state.engine = engine
-    app.state.batcher = QueryBatcher(engine.embed_queries) if micro_batching else None
+    app.state.batcher = SearchBatcher(engine) if micro_batching else None
     _add_error_handlers(app)
     # The request log is added last, so it wraps the key check and logs 401s.
     _add_key_check(app, api_key)
@@ -295,15 +341,11 @@ def _add_routes(app: FastAPI, engine: SemanticSearch) -> None:
     async def search(request: SearchRequest) -> dict[str, Any]:
         """Return the ``k`` chunks most similar to the query, best first."""
         options = _search_options(request)
-        batcher: QueryBatcher | None = app.state.batcher
-        if batcher is None or request.mode == "bm25":
+        batcher: SearchBatcher | None = app.state.batcher
+        if batcher is None:
             hits = await engine.asearch(request.query, **options)
         else:
-            vector = await batcher.embed(request.query)
-            results = await engine.asearch_many(
-                [request.query], query_vectors=vector[None, :], **options
-            )
-            hits = results[0]
+            hits = await batcher.search(request.query, options)
         return {"hits": [hit.to_dict() for hit in hits]}
 
     @app.post("/search/batch", response_model=BatchSearchResponse)

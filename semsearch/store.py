@@ -277,7 +277,7 @@ SERVER_INDEX_TYPES = (
 # Milvus Lite 3.2 searches rows still in memory exactly, and builds the index
 # (FAISS HNSW or IVF, or none for FLAT) only for segments flushed to disk. At
 # 30,000 rows its search time is dominated by its own overhead and is the same
-# with FLAT and HNSW (scripts/bench_lite_index.py, docs/server.md), so Lite
+# with FLAT and HNSW (scripts/bench_lite_index.py, docs/milvus-server.md), so Lite
 # uses FLAT: exact, and with no index build on flush.
 LITE_DEFAULT_INDEX = "FLAT"
 SERVER_DEFAULT_INDEX = "HNSW"
@@ -301,9 +301,9 @@ def default_index_params(index_type: str) -> dict[str, Any]:
 class Capabilities:
     """What a Milvus backend serves, found by asking it.
 
-    ``index_types`` lists the vector index types the backend builds: for Milvus
-    Lite, read from the installed milvus_lite package; for a server, the
-    documented CPU index types.
+    ``index_types`` lists the vector index types the backend builds. For Milvus
+    Lite they are read from the installed milvus_lite package, and for a server
+    they are the documented CPU index types.
     """
 
     lite: bool
@@ -405,7 +405,11 @@ class MilvusStore:
     @property
     def client(self) -> MilvusClient:
         if self._client is None:
-            self._client = self._connect()
+            # Two threads connecting at once would start two Milvus Lite
+            # servers on one file, and the second fails on the file lock.
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
         return self._client
 
     def _connect(self) -> MilvusClient:
@@ -628,8 +632,8 @@ class MilvusStore:
 
         The server version comes from the backend. BM25 support is found by
         creating a throwaway collection with a BM25 function and checking that
-        the backend kept it (Milvus 2.3 accepts the schema and drops the
-        function). Grouping search follows from the reported version.
+        the backend accepted and kept it, because Milvus 2.3 may silently drop
+        the function. Grouping search follows from the reported version.
         """
         if self._capabilities is None:
             self._capabilities = Capabilities(
@@ -905,6 +909,9 @@ class MilvusStore:
         if not self.has_chunk_hash:
             for row in rows:
                 row.pop(CHUNK_HASH_FIELD, None)
+        # Milvus does not promise which of two rows with one primary key in a
+        # single upsert wins, so the last one is kept here.
+        rows = list({row["id"]: row for row in rows}.values())
         written = 0
         for batch in batches_by_size(rows):
             self._call("upsert", self.client.upsert, self.collection, batch)
@@ -922,6 +929,17 @@ class MilvusStore:
             f"doc_id == {quote_string(doc_id)} and ordinal >= {chunk_count}"
         )
 
+
+    def delete_stale_chunks_many(self, documents: Sequence[tuple[str, int]]) -> None:
+        """Delete, for each ``(doc_id, chunk_count)``, the chunks past that count."""
+        from .filters import quote_string
+
+        for start in range(0, len(documents), 100):
+            conditions = [
+                f"(doc_id == {quote_string(doc_id)} and ordinal >= {count})"
+                for doc_id, count in documents[start : start + 100]
+            ]
+            self.delete_where(" or ".join(conditions))
     def delete_documents(self, doc_ids: Iterable[str]) -> None:
         from .filters import quote_string
 

@@ -121,9 +121,11 @@ def test_ingest_records_skips_invalid(tmp_path, encoder):
 
 
 def test_ingest_records_single_dict_rejected(tmp_path, encoder):
-    with SemanticSearch(uri=str(tmp_path / "d.db"), encoder=encoder) as engine:
-        with pytest.raises(TypeError, match="wrap it in a list"):
-            engine.ingest_records({"text": "one record"})
+    with (
+        SemanticSearch(uri=str(tmp_path / "d.db"), encoder=encoder) as engine,
+        pytest.raises(TypeError, match="wrap it in a list"),
+    ):
+        engine.ingest_records({"text": "one record"})
 
 
 def test_document_from_record_extra_metadata_wins():
@@ -266,9 +268,11 @@ def test_delete_empty_filter(fresh_engine):
 
 
 def test_delete_missing_collection(tmp_path, encoder):
-    with SemanticSearch(uri=str(tmp_path / "none.db"), encoder=encoder) as engine:
-        with pytest.raises(CollectionNotFoundError, match="not found"):
-            engine.delete(ids=["a"])
+    with (
+        SemanticSearch(uri=str(tmp_path / "none.db"), encoder=encoder) as engine,
+        pytest.raises(CollectionNotFoundError, match="not found"),
+    ):
+        engine.delete(ids=["a"])
 
 
 # -- format_context ----------------------------------------------------------

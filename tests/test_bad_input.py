@@ -6,6 +6,7 @@ Runs on the real bundled model and Milvus Lite files under tmp_path.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "semsearch.cli", *args],
         capture_output=True,
+        check=False,
         text=True,
         env=env,
         timeout=600,
@@ -49,9 +51,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def _covering_rows(rows: list[dict], text: str) -> bool:
     """Return whether rows, sorted by span, cover ``text`` end to end exactly."""
     rows = sorted(rows, key=lambda row: row["char_start"])
-    exact = all(text[row["char_start"] : row["char_end"]] == row["text"] for row in rows)
-    gapless = all(b["char_start"] <= a["char_end"] for a, b in zip(rows, rows[1:]))
-    return exact and gapless and rows[0]["char_start"] == 0 and rows[-1]["char_end"] == len(text)
+    exact = all(
+        text[row["char_start"] : row["char_end"]] == row["text"] for row in rows
+    )
+    gapless = all(b["char_start"] <= a["char_end"] for a, b in itertools.pairwise(rows))
+    return (
+        exact
+        and gapless
+        and rows[0]["char_start"] == 0
+        and rows[-1]["char_end"] == len(text)
+    )
 
 
 # -- text near the byte limit ----------------------------------------------------
@@ -89,7 +98,9 @@ def test_cli_where_values_match_literally(tmp_path, encoder):
     with SemanticSearch(uri=db, encoder=encoder) as engine:
         engine.ingest_documents(documents)
     for number, value in enumerate(CLI_NASTY_VALUES):
-        result = _cli("--uri", db, "search", "lighthouse", "--where", f"tag={value}", "--json")
+        result = _cli(
+            "--uri", db, "search", "lighthouse", "--where", f"tag={value}", "--json"
+        )
         assert result.returncode == 0, result.stderr
         doc_ids = [json.loads(line)["doc_id"] for line in result.stdout.splitlines()]
         assert doc_ids == [f"doc-{number}"], value
@@ -169,7 +180,10 @@ def test_ingest_other_model_rejected(tmp_path, encoder, changes):
 @pytest.mark.parametrize("overlap", [62, 64, 100])
 def test_ingest_overlap_not_below_chunk_size(tmp_path, encoder, overlap):
     with SemanticSearch(
-        uri=str(tmp_path / "o.db"), encoder=encoder, chunk_size=64, chunk_overlap=overlap
+        uri=str(tmp_path / "o.db"),
+        encoder=encoder,
+        chunk_size=64,
+        chunk_overlap=overlap,
     ) as engine:
         with pytest.raises(ConfigError, match=f"chunk overlap {overlap}") as raised:
             engine.ingest_documents([_document("Lighthouses guide ships.")])
@@ -193,7 +207,8 @@ def test_cli_overlap_not_below_chunk_size(tmp_path):
 
 UNBROKEN_TEXTS = {
     "no-punctuation": " ".join(f"keeper{n} lit lamp" for n in range(900)),
-    "no-whitespace": "lighthouse" * 900,
+    "no-whitespace": "lighthouse-keeper/" * 400,
+    "one-long-word": "lighthouse" * 900,
 }
 
 
@@ -205,11 +220,16 @@ def test_unbroken_text_split_not_truncated(tmp_path, encoder, caplog, name):
             report = engine.ingest_documents([_document(text)])
             rows = engine.store.query("", ["text", "char_start", "char_end"])
     longest = max(encoder.count_tokens(row["text"]) for row in rows)
-    assert encoder.count_tokens(text) > encoder.max_seq_length
+    # WordPiece reads a word over 100 characters as one unknown token, so only
+    # the other texts pass the model limit before the chunker splits them.
+    if name != "one-long-word":
+        assert encoder.count_tokens(text) > encoder.max_seq_length
     assert report.embedded == len(rows) > 1
     assert _covering_rows(rows, text)
     assert longest + 2 <= encoder.max_seq_length
-    assert [r.getMessage() for r in caplog.records if "Truncated" in r.getMessage()] == []
+    assert [
+        r.getMessage() for r in caplog.records if "Truncated" in r.getMessage()
+    ] == []
 
 
 # -- documents without visible text ------------------------------------------------
@@ -258,10 +278,8 @@ def test_non_utf8_files_decoded_or_named(tmp_path, encoder):
     skipped = {skipped.source: skipped.reason for skipped in report.skipped}
     assert texts["latin1.txt"] == LATIN_TEXT
     assert texts["utf16.txt"] == LATIN_TEXT
-    assert ("mixed.txt" in texts) != ("mixed.txt" in skipped)
-    if "mixed.txt" in texts:
-        assert texts["mixed.txt"].startswith(LATIN_TEXT)
-        assert "\ufffd" not in texts["mixed.txt"]
+    assert skipped == {}
+    assert texts["mixed.txt"] == LATIN_TEXT + " Ça coûte cher."
 
 
 # -- metadata from records ------------------------------------------------------------
@@ -321,7 +339,10 @@ def test_csv_metadata_stored_as_json(tmp_path, encoder):
     [("ratio", float("nan")), ("limit", float("inf")), ("raw", b"bytes")],
 )
 def test_api_metadata_invalid_json_names_field(tmp_path, encoder, field, value):
-    documents = [_document("Tides rise.", "bad", **{field: value}), _document("Buoys.", "ok")]
+    documents = [
+        _document("Tides rise.", "bad", **{field: value}),
+        _document("Buoys.", "ok"),
+    ]
     with SemanticSearch(uri=str(tmp_path / "m.db"), encoder=encoder) as engine:
         report = engine.ingest_documents(documents)
         ids = [document.doc_id for document in engine.sources()]
@@ -346,7 +367,9 @@ FAKE_PDF = (
     b"2 0 obj\n<< /Length 44 /Filter /FlateDecode >>\nstream\nx\x9c\x0b\xc9\xc8,V\x00"
     b"\xa2D\x85\xe2\x92\xa2\xd4\xc4\\\x00\x8f\x12\t\x9b\nendstream\nendobj\n%%EOF\n"
 )
-PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02"
+PNG_BYTES = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02"
+)
 
 
 def test_binary_files_with_text_extension_skipped(tmp_path, encoder):

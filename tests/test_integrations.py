@@ -27,7 +27,8 @@ def engine(tmp_path_factory, encoder):
 @pytest.fixture(scope="module")
 def langchain_retriever():
     pytest.importorskip(
-        "langchain_core", reason="langchain-core is not installed (semsearch[langchain])"
+        "langchain_core",
+        reason="langchain-core is not installed (semsearch[langchain])",
     )
     from semsearch.integrations.langchain import SemsearchRetriever
 
@@ -72,9 +73,7 @@ def test_langchain_same_hits_as_engine(langchain_retriever, engine, options):
 def test_langchain_filter_applied(langchain_retriever, engine):
     documents = langchain_retriever(engine=engine, **FILTERED).invoke("anything")
     assert documents
-    assert {doc.metadata["metadata"]["category"] for doc in documents} == {
-        "databases"
-    }
+    assert {doc.metadata["metadata"]["category"] for doc in documents} == {"databases"}
 
 
 def test_langchain_metadata_fields(langchain_retriever, engine):

@@ -18,13 +18,13 @@ import pytest
 pytest.importorskip("fastapi", reason="the server tests need semsearch[server]")
 pytest.importorskip("httpx", reason="the server tests need httpx")
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+import httpx
+import uvicorn
+from fastapi.testclient import TestClient
 
-from semsearch import SemanticSearch  # noqa: E402
-from semsearch.server import QueryBatcher, create_app  # noqa: E402
-from tests.rag_corpus import DATABASE_QUESTION, RECORDS  # noqa: E402
+from semsearch import SemanticSearch
+from semsearch.server import QueryBatcher, SearchBatcher, create_app
+from tests.rag_corpus import DATABASE_QUESTION, RECORDS
 
 API_KEY = "test-key-5f2c9a"
 
@@ -191,10 +191,12 @@ def test_search_malformed_json_is_400(client):
 
 
 def test_search_missing_collection_is_404(tmp_path, encoder):
-    with SemanticSearch(uri=str(tmp_path / "e.db"), encoder=encoder) as engine:
-        with TestClient(create_app(engine)) as client:
-            search = client.post("/search", json={"query": "x"})
-            stats = client.get("/stats")
+    with (
+        SemanticSearch(uri=str(tmp_path / "e.db"), encoder=encoder) as engine,
+        TestClient(create_app(engine)) as client,
+    ):
+        search = client.post("/search", json={"query": "x"})
+        stats = client.get("/stats")
     assert search.status_code == 404
     assert "collection 'semsearch' not found" in search.json()["error"]
     assert stats.status_code == 404
@@ -202,10 +204,12 @@ def test_search_missing_collection_is_404(tmp_path, encoder):
 
 def test_search_backend_down_is_503(closing_listener, encoder):
     uri = f"http://127.0.0.1:{closing_listener}"
-    with SemanticSearch(uri=uri, encoder=encoder) as engine:
-        with TestClient(create_app(engine)) as client:
-            search = client.post("/search", json={"query": "x"})
-            health = client.get("/healthz")
+    with (
+        SemanticSearch(uri=uri, encoder=encoder) as engine,
+        TestClient(create_app(engine)) as client,
+    ):
+        search = client.post("/search", json={"query": "x"})
+        health = client.get("/healthz")
     assert search.status_code == 503
     assert "cannot connect to Milvus" in search.json()["error"]
     assert health.status_code == 503
@@ -225,7 +229,7 @@ def test_query_batcher_one_encoder_call(encoder):
     batcher = QueryBatcher(encoder.encode_queries)
 
     async def embed_all():
-        return await asyncio.gather(*(batcher.embed(q) for q in queries))
+        return await asyncio.gather(*(batcher.submit(q) for q in queries))
 
     vectors = asyncio.run(embed_all())
     expected = encoder.encode_queries(queries)
@@ -238,10 +242,31 @@ def test_query_batcher_max_batch(encoder):
     batcher = QueryBatcher(encoder.encode_queries, max_batch=4)
 
     async def embed_all():
-        return await asyncio.gather(*(batcher.embed(f"q {i}") for i in range(10)))
+        return await asyncio.gather(*(batcher.submit(f"q {i}") for i in range(10)))
 
     asyncio.run(embed_all())
     assert batcher.calls == 3
+
+
+def test_search_batcher_groups_by_options(engine):
+    batcher = SearchBatcher(engine)
+    same = {"k": 2, "filter": None, "where": None, "mode": "dense", "min_score": None}
+    other = {**same, "where": {"category": "languages"}}
+    questions = [DATABASE_QUESTION, "cats", "moon", "ownership"]
+
+    async def search_all():
+        return await asyncio.gather(
+            *(batcher.search(q, same) for q in questions),
+            batcher.search("ownership", other),
+        )
+
+    results = asyncio.run(search_all())
+    for question, hits in zip(questions, results, strict=False):
+        assert [hit.id for hit in hits] == [
+            hit.id for hit in engine.search(question, k=2)
+        ]
+    assert {hit.doc_id for hit in results[-1]} <= {"rust-ownership", "rust-channels"}
+    assert batcher.calls == 2
 
 
 @pytest.mark.parametrize("micro_batching", [True, False])

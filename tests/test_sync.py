@@ -157,7 +157,9 @@ def test_prune_excluded_file_kept(tmp_path, encoder):
 
 def test_prune_removed_record_deleted(tmp_path, encoder):
     records = tmp_path / "records.jsonl"
-    lines = [json.dumps({"id": n, "text": f"Record {n} about tides."}) for n in range(3)]
+    lines = [
+        json.dumps({"id": n, "text": f"Record {n} about tides."}) for n in range(3)
+    ]
     _write(records, "\n".join(lines) + "\n")
     with SemanticSearch(uri=str(tmp_path / "rec.db"), encoder=encoder) as engine:
         engine.ingest([records])
@@ -170,7 +172,9 @@ def test_prune_removed_record_deleted(tmp_path, encoder):
 
 def test_prune_skipped_source_kept(tmp_path, encoder):
     records = tmp_path / "records.jsonl"
-    lines = [json.dumps({"id": n, "text": f"Record {n} about tides."}) for n in range(2)]
+    lines = [
+        json.dumps({"id": n, "text": f"Record {n} about tides."}) for n in range(2)
+    ]
     _write(records, "\n".join(lines) + "\n")
     with SemanticSearch(uri=str(tmp_path / "skip.db"), encoder=encoder) as engine:
         engine.ingest([records])
@@ -252,7 +256,12 @@ def test_dry_run_plan_writes_nothing(tmp_path, encoder):
         (corpus / "gone.txt").unlink()
         report = engine.ingest([corpus], dry_run=True, prune=True)
         rows_after = engine.store.query("", ["id", "text"])
-    assert (report.new, report.changed, report.unchanged, report.deleted) == (1, 1, 1, 1)
+    assert (report.new, report.changed, report.unchanged, report.deleted) == (
+        1,
+        1,
+        1,
+        1,
+    )
     assert report.embedded == 0
     assert sorted(map(str, rows_after)) == sorted(map(str, rows_before))
 
@@ -262,6 +271,7 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "semsearch.cli", *args],
         capture_output=True,
+        check=False,
         text=True,
         env=env,
         timeout=timeout,
@@ -419,9 +429,7 @@ def test_retry_call_backoff_doubles_to_cap():
     assert delays == [1, 2, 4, 4, 4]
 
 
-def test_ingest_rejected_document_reported_rest_written(
-    tmp_path, encoder, monkeypatch
-):
+def test_ingest_rejected_document_reported_rest_written(tmp_path, encoder, monkeypatch):
     """The backend rejects rows whose text exceeds the field's max length."""
     with SemanticSearch(uri=str(tmp_path / "reject.db"), encoder=encoder) as engine:
         monkeypatch.setattr(store_module, "TEXT_MAX_BYTES", 60)
