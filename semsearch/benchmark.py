@@ -82,6 +82,7 @@ def run_benchmark(
     k: int = 10,
     batch_size: int = 64,
     measure_ann_recall: bool = False,
+    expression: str | None = None,
 ) -> EvalResult:
     """Ingest the corpus (a sync, so a second run embeds nothing) and score the run."""
     started = time.perf_counter()
@@ -102,6 +103,7 @@ def run_benchmark(
             fusion=fusion,
             group_by_doc=True,
             candidates=3 * RUN_DEPTH,
+            filter=expression,
         )
         for query_id, hits in zip(batch, results, strict=True):
             run[query_id] = {hit.doc_id: hit.score for hit in hits}
@@ -122,7 +124,7 @@ def run_benchmark(
         ingest_seconds=ingest_seconds,
         search_seconds=search_seconds,
         ann_recall_at_10=ann_recall,
-        settings={"fusion": fusion if mode == "hybrid" else None},
+        settings={"fusion": fusion if mode == "hybrid" else None, "filter": expression},
     )
 
 

@@ -621,6 +621,11 @@ def delete(ctx: click.Context, source_paths: tuple[str, ...]) -> None:
     is_flag=True,
     help="Also measure the index's recall@10 against exact search.",
 )
+@click.option(
+    "--filter",
+    "expression",
+    help="Milvus expression that restricts the searched chunks, e.g. 'ordinal == 0'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handle_errors
@@ -632,6 +637,7 @@ def evaluate(
     fusion: str,
     k: int,
     ann_recall: bool,
+    expression: str | None,
     as_json: bool,
 ) -> None:
     """Score retrieval on a BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/).
@@ -657,6 +663,7 @@ def evaluate(
         fusion=fusion,  # type: ignore[arg-type]
         k=k,
         measure_ann_recall=ann_recall,
+        expression=expression,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict()))
