@@ -9,9 +9,12 @@ from typing import Any
 
 from .errors import FilterError
 
-# Columns of the collection schema; any other key is looked up in the JSON
-# ``metadata`` field.
-SCALAR_FIELDS = frozenset({"id", "doc_id", "source", "title", "ordinal", "doc_hash"})
+# Columns of the collection schema by Milvus type; any other key is looked up
+# in the JSON ``metadata`` field. Milvus rejects a comparison of an INT64 column
+# with a string, so each column is compared with values of its own type only.
+INT_FIELDS = frozenset({"ordinal", "chunk_count", "char_start", "char_end"})
+VARCHAR_FIELDS = frozenset({"id", "doc_id", "source", "title", "doc_hash"})
+SCALAR_FIELDS = INT_FIELDS | VARCHAR_FIELDS
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _INT_PATTERN = re.compile(r"^[+-]?\d+$")
@@ -79,10 +82,17 @@ def equality(key: str, value: Any) -> str:
     """Return a condition that ``key`` equals ``value``.
 
     A string that reads as a number or boolean (as ``--where year=1961`` gives)
-    matches both the typed value and the string, because metadata from text
-    sources may hold either.
+    matches both the typed value and the string in metadata, because metadata
+    from text sources may hold either. Schema columns are compared with their
+    own type only, and a non-integer value for an integer column raises
+    FilterError.
     """
     field = field_reference(key)
+    if key in INT_FIELDS:
+        return f"{field} == {_integer_literal(key, value)}"
+    if key in VARCHAR_FIELDS:
+        text = value if isinstance(value, str) else literal(value)
+        return f"{field} == {quote_string(text)}"
     if not isinstance(value, str):
         return f"{field} == {literal(value)}"
 
@@ -96,6 +106,17 @@ def equality(key: str, value: Any) -> str:
     if len(alternatives) == 1:
         return alternatives[0]
     return "(" + " or ".join(alternatives) + ")"
+
+
+def _integer_literal(key: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and _INT_PATTERN.match(value.strip()):
+        return str(int(value))
+    raise FilterError(
+        f"invalid filter value {value!r} for {key}: {key} is an integer column, "
+        "so use an integer"
+    )
 
 
 def parse_where(pairs: Iterable[str]) -> dict[str, str]:

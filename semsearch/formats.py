@@ -47,6 +47,13 @@ _CP1252_LANGUAGES = frozenset(
         "Danish", "Norwegian", "Swedish", "Finnish", "Indonesian", "Unknown",
     }
 )  # fmt: skip
+# Non-letter, non-ASCII characters that Western European cp1252 text commonly
+# contains: dashes, curly quotes, ellipsis, bullet, euro sign, guillemets,
+# degree sign, middle dot and non-breaking space.
+_WESTERN_PUNCTUATION = frozenset(
+    "\u2013\u2014\u2018\u2019\u201c\u201d\u2026\u2022\u20ac"
+    "\u00ab\u00bb\u00b0\u00b7\u00a0"
+)
 _INT = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
 # A decimal point or an exponent is required, so "007" stays a string.
 _FLOAT = re.compile(
@@ -151,7 +158,7 @@ def _decode_detected(data: bytes, source: str) -> str:
             "convert it to UTF-8 or exclude it",
         )
     candidates = [match.encoding for match in matches]
-    if _prefers_cp1252(matches):
+    if _prefers_cp1252(matches) or _is_western_cp1252(data):
         candidates.insert(0, "cp1252")
     for encoding in candidates:
         try:
@@ -182,6 +189,29 @@ def _prefers_cp1252(matches: list[Any]) -> bool:
     if not any("cp1252" in match.could_be_from_charset for match in tied):
         return False
     return matches[0].language in _CP1252_LANGUAGES
+
+
+def _is_western_cp1252(data: bytes) -> bool:
+    """Return whether ``data`` is valid cp1252 that reads as Western European text.
+
+    Such text has only Latin-1 Supplement letters and common cp1252 punctuation
+    outside ASCII. charset-normalizer 3.5 picks cp1250 or cp1257 for short
+    French or German Latin-1 text, turning "crème" into "crčme". Central
+    European text fails this test: cp1250 letters such as "ł" and "ą" read as
+    "³" and "¹" under cp1252.
+    """
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return all(
+        char < "\x80" or char in _WESTERN_PUNCTUATION or _is_latin1_letter(char)
+        for char in text
+    )
+
+
+def _is_latin1_letter(char: str) -> bool:
+    return "\u00c0" <= char <= "\u00ff" and char not in "\u00d7\u00f7"
 
 
 def _normalise_newlines(text: str) -> str:

@@ -182,9 +182,15 @@ def _byte_pieces(start: int, text: str, max_bytes: int) -> Iterator[tuple[int, s
 
 
 def chunk_rows(
-    document: Document, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]
+    document: Document,
+    chunks: Sequence[Chunk],
+    vectors: Sequence[Sequence[float]],
+    doc_hash: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the Milvus rows for one document's chunks."""
+    """Build the Milvus rows for one document's chunks.
+
+    ``doc_hash`` is the value the sync compares; it defaults to the text hash.
+    """
     title = fit_bytes(document.title, TITLE_MAX_BYTES)
     rows = []
     for chunk, vector in zip(chunks, vectors, strict=True):
@@ -203,7 +209,7 @@ def chunk_rows(
                 "char_end": chunk.end,
                 "source": document.source,
                 "title": title,
-                "doc_hash": document.content_hash,
+                "doc_hash": doc_hash or document.content_hash,
                 CHUNK_HASH_FIELD: chunk_hash(chunk.text),
                 "metadata": metadata,
             }
@@ -394,6 +400,24 @@ class Ingester:
             logger.info("pruning %d documents no longer under %s", len(doomed), roots)
             self.store.delete_documents(doomed)
 
+    def sync_hash(self, document: Document) -> str:
+        """Return the hash that decides whether a stored document is up to date.
+
+        It covers the text, the metadata and the chunking settings, so a changed
+        manifest entry or a new --chunk-size rewrites the document's rows. Chunks
+        whose text did not change keep their stored vectors.
+        """
+        settings = (
+            getattr(self.chunker, "max_tokens", None),
+            getattr(self.chunker, "overlap", None),
+        )
+        payload = json.dumps(
+            [document.content_hash, document.metadata, settings],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
     # -- stage 1: load and chunk --------------------------------------------
 
     def _load(
@@ -452,7 +476,7 @@ class Ingester:
             previous = stored.get(item.document.id)
             if previous is None:
                 report.new += 1
-            elif previous.is_complete(item.document.content_hash):
+            elif previous.is_complete(self.sync_hash(item.document)):
                 report.unchanged += 1
                 continue
             else:
@@ -497,7 +521,9 @@ class Ingester:
                 next(encoded) if vector is None else vector
                 for vector in vectors[offset : offset + count]
             ]
-            rows = chunk_rows(item.document, item.chunks, own)
+            rows = chunk_rows(
+                item.document, item.chunks, own, self.sync_hash(item.document)
+            )
             result.append(
                 _DocumentRows(
                     item.document.id, item.document.source, rows, stored=item.stored

@@ -283,6 +283,55 @@ LITE_DEFAULT_INDEX = "FLAT"
 SERVER_DEFAULT_INDEX = "HNSW"
 
 
+# Integer parameters Milvus Lite reads for its index types, with the ranges
+# Milvus 2.5 documents (milvus.io/docs/hnsw.md and ivf-flat.md). Lite 3.2 checks
+# none of them: HNSW with M -5 allocates until the process is killed, and
+# IVF_FLAT with nlist 0 makes every search fail inside faiss.
+INT32_MAX = 2**31 - 1
+LITE_INDEX_PARAM_RANGES: dict[str, dict[str, tuple[int, int]]] = {
+    "HNSW": {"M": (2, 2048), "efConstruction": (1, INT32_MAX), "ef": (1, INT32_MAX)},
+    "IVF_FLAT": {"nlist": (1, 65536), "nprobe": (1, 65536)},
+    "IVF_SQ8": {"nlist": (1, 65536), "nprobe": (1, 65536)},
+}
+
+
+def validate_lite_index_params(index_type: str, params: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless ``params`` are valid for ``index_type`` on Lite.
+
+    Only the types in LITE_INDEX_PARAM_RANGES are checked. Every parameter must
+    be a known name with an integer value in its range, and an IVF ``nprobe``
+    may not exceed ``nlist``.
+    """
+    ranges = LITE_INDEX_PARAM_RANGES.get(index_type)
+    if ranges is None:
+        return
+    for name, value in params.items():
+        if name not in ranges:
+            known = ", ".join(sorted(ranges))
+            raise ConfigError(
+                f"unknown {index_type} index parameter {name!r} (value {value!r}); "
+                f"Milvus Lite reads only {known}. Fix --index-params"
+            )
+        low, high = ranges[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                f"invalid {index_type} index parameter {name} {value!r}: use an "
+                f"integer in [{low}, {high}]"
+            )
+        if not low <= value <= high:
+            raise ConfigError(
+                f"invalid {index_type} index parameter {name} {value}: it must be "
+                f"in [{low}, {high}]"
+            )
+    nlist = params.get("nlist")
+    nprobe = params.get("nprobe")
+    if nlist is not None and nprobe is not None and nprobe > nlist:
+        raise ConfigError(
+            f"invalid {index_type} index parameter nprobe {nprobe}: it must be "
+            f"in [1, nlist] = [1, {nlist}]"
+        )
+
+
 def default_index_params(index_type: str) -> dict[str, Any]:
     """Return the build parameters semsearch uses for ``index_type``."""
     if index_type == "HNSW":
@@ -483,14 +532,9 @@ class MilvusStore:
         except MilvusException as exc:
             message = f"{operation} failed on collection {self.collection!r}: "
             message += exc.message or str(exc)
-            if "filter" in kwargs or "expr" in kwargs:
-                expression = kwargs.get("filter", kwargs.get("expr"))
-                if _looks_like_parse_error(exc):
-                    raise FilterError(
-                        f"invalid filter expression {expression!r}: {exc.message}. "
-                        "Check the syntax of Milvus boolean expressions, or use "
-                        "--where key=value"
-                    ) from exc
+            expression = kwargs.get("filter", kwargs.get("expr"))
+            if expression and _is_expression_error(exc):
+                raise filter_error(expression, expression_error_reason(exc)) from exc
             raise StoreError(
                 message, code=exc.code, retryable=is_retryable(exc)
             ) from exc
@@ -609,6 +653,8 @@ class MilvusStore:
         params.update(self.index_params or {})
         if lite and index_type not in self.accepted_index_types():
             raise self._index_error(index_type, params, None)
+        if lite:
+            validate_lite_index_params(index_type, params)
         return index_type, params
 
     def _index_error(
@@ -1213,6 +1259,51 @@ def describe_fingerprint(fingerprint: Mapping[str, Any]) -> str:
     return "(" + ", ".join(parts) + ")"
 
 
+FILTER_HINT = "check the Milvus boolean expression syntax"
+
+# Milvus servers return code 1100 (invalid parameter) for expressions that do
+# not parse or do not type-check.
+EXPRESSION_ERROR_CODES = frozenset({1100})
+
+
+def filter_error(expression: str, reason: str) -> FilterError:
+    """Return the FilterError for an expression the backend rejected.
+
+    ``reason`` is kept on the error as ``reason``, so a caller that combined the
+    user's expression with other conditions can word it again with the user's
+    own text.
+    """
+    error = FilterError(
+        f"invalid filter expression {expression!r}: {reason}; {FILTER_HINT}"
+    )
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
+def expression_error_reason(exc: Exception) -> str:
+    """Return the first line of a backend's expression error, without a column.
+
+    Milvus Lite 3.2 adds the expression with a caret under the bad token on later
+    lines, and its column counts in the expression sent, which may differ from
+    the one the user wrote.
+    """
+    text = getattr(exc, "message", None) or str(exc)
+    first_line = text.strip().splitlines()[0] if text.strip() else text
+    return re.sub(r" at column \d+", "", first_line)
+
+
+def _is_expression_error(exc: Exception) -> bool:
+    """Return True when a failed call that carried a filter failed on the filter.
+
+    Connection and other transient failures are never expression errors.
+    """
+    if is_retryable(exc):
+        return False
+    if getattr(exc, "code", None) in EXPRESSION_ERROR_CODES:
+        return True
+    return _looks_like_parse_error(exc)
+
+
 def _looks_like_parse_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return any(
@@ -1230,6 +1321,9 @@ def _looks_like_parse_error(exc: Exception) -> bool:
             "incompatible types",
             "expected '",
             "requires a",
+            "unknown function",
+            "unexpected token",
+            " at column ",
         )
     )
 

@@ -366,6 +366,25 @@ def test_decode_cp1250_polish_kept(tmp_path: Path) -> None:
     assert documents["pl.txt"].text == text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u00e0 la fran\u00e7aise, "
+        "na\u00efve fa\u00e7ade.",
+        "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u00e0 la fran\u00e7aise, "
+        "na\u00efve fa\u00e7ade. D\u00e9j\u00e0 vu: le gar\u00e7on est "
+        "tr\u00e8s content.",
+        "D\u00e9j\u00e0 vu all over again: the gar\u00e7on said tr\u00e8s bien.",
+        "\u00dcbung macht den Meister",
+        "\u00c4rger \u00fcber \u00d6l",
+    ],
+)
+def test_decode_latin1_western_text(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path / "latin1.txt", text.encode("latin-1"))
+    documents, _ = load(path)
+    assert documents["latin1.txt"].text == text
+
+
 @pytest.fixture
 def broken_folder(tmp_path: Path) -> Path:
     write(tmp_path / "good.txt", "good text")
