@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -392,6 +393,12 @@ class SemanticSearch:
             )
         if not queries:
             return []
+        for query in queries:
+            if not query.strip():
+                raise ConfigError(
+                    "query is empty: pass text to search for (whitespace alone "
+                    "matches nothing)"
+                )
         vectors = None
         if query_vectors is not None:
             vectors = np.asarray(query_vectors, dtype=np.float32)
@@ -404,7 +411,8 @@ class SemanticSearch:
         self._open_for_search()
         reranker = self._reranker(rerank) if rerank else None
         searcher = Searcher(self.encoder, self.store, reranker)
-        return searcher.search_many(list(queries), options, expression, vectors)
+        with _user_filter_errors(filter):
+            return searcher.search_many(list(queries), options, expression, vectors)
 
     async def asearch(
         self, query: str, k: int = 10, filter: str | None = None, **options: Any
@@ -460,12 +468,17 @@ class SemanticSearch:
     # -- inspection and deletion --------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Return the collection's name, URI, row and document counts and model."""
+        """Return the collection's name, URI, row and document counts and model.
+
+        A password in the URI is replaced by ``***``.
+        """
+        from .store import redact_uri
+
         store = self.store
         store.require()
         return {
             "collection": store.collection,
-            "uri": store.uri,
+            "uri": redact_uri(store.uri),
             "rows": store.count(),
             "documents": store.count("ordinal == 0"),
             "model": store.fingerprint(),
@@ -543,6 +556,12 @@ class SemanticSearch:
         if source is not None:
             conditions.append(f"source == {quote_string(source)}")
         self.store.require()
+        with _user_filter_errors(filter):
+            return self._delete_matching(ids, conditions)
+
+    def _delete_matching(
+        self, ids: Iterable[str] | str | None, conditions: list[str]
+    ) -> int:
         if ids is None:
             return self._delete_where(" and ".join(conditions))
 
@@ -563,6 +582,24 @@ class SemanticSearch:
             self.store.delete_where(expression)
         logger.info("deleted %d rows matching %s", count, expression)
         return count
+
+
+@contextlib.contextmanager
+def _user_filter_errors(user_filter: str | None) -> Iterator[None]:
+    """Word a backend's expression error with the filter as the user wrote it.
+
+    The store sees the filter combined with other conditions, in parentheses.
+    """
+    from .errors import FilterError
+    from .store import filter_error
+
+    try:
+        yield
+    except FilterError as exc:
+        reason = getattr(exc, "reason", None)
+        if user_filter is None or reason is None:
+            raise
+        raise filter_error(user_filter.strip(), reason) from exc
 
 
 # Fields that a record passed to ingest_records() may have.

@@ -84,9 +84,14 @@ def run_benchmark(
     measure_ann_recall: bool = False,
     expression: str | None = None,
 ) -> EvalResult:
-    """Ingest the corpus (a sync, so a second run embeds nothing) and score the run."""
+    """Ingest the corpus (a sync, so a second run embeds nothing) and score the run.
+
+    Stored documents that are not in the corpus are deleted first, so a
+    collection left by another corpus of the same name is not scored with it.
+    """
     started = time.perf_counter()
     report = engine.ingest_documents(beir_documents(dataset))
+    _delete_documents_outside_corpus(engine, dataset)
     ingest_seconds = time.perf_counter() - started
     if report.skipped:
         logger.warning("%d corpus documents were skipped", len(report.skipped))
@@ -125,6 +130,24 @@ def run_benchmark(
         search_seconds=search_seconds,
         ann_recall_at_10=ann_recall,
         settings={"fusion": fusion if mode == "hybrid" else None, "filter": expression},
+    )
+
+
+def _delete_documents_outside_corpus(
+    engine: SemanticSearch, dataset: BeirDataset
+) -> None:
+    stale = [
+        stored.doc_id
+        for stored in engine.store.documents()
+        if stored.doc_id not in dataset.corpus
+    ]
+    if not stale:
+        return
+    engine.store.delete_documents(stale)
+    logger.info(
+        "removed %d stored documents that are not in the corpus of %s",
+        len(stale),
+        dataset.name,
     )
 
 

@@ -68,9 +68,7 @@ def _configure_logging(verbosity: int) -> None:
     logging.getLogger("grpc").setLevel(
         logging.DEBUG if verbosity > 1 else logging.CRITICAL
     )
-    logging.getLogger("pymilvus").setLevel(
-        logging.DEBUG if verbosity > 1 else logging.CRITICAL
-    )
+    _configure_pymilvus_logging(verbosity)
     # Milvus Lite logs a traceback when its file is locked by another process;
     # the store turns that failure into one error line.
     logging.getLogger("milvus_lite").setLevel(
@@ -78,6 +76,31 @@ def _configure_logging(verbosity: int) -> None:
     )
     if verbosity > 1:
         logging.getLogger().setLevel(logging.DEBUG)
+
+
+def _configure_pymilvus_logging(verbosity: int) -> None:
+    """Show pymilvus' own log records only with -vv, in this process.
+
+    Importing pymilvus runs its settings.init_log (pymilvus 3.0), which gives
+    the "pymilvus", "pymilvus.milvus_client" and "pymilvus.bulk_writer" loggers
+    their own stderr handlers and levels, so it is imported first and those
+    loggers are set afterwards.
+    """
+    import pymilvus  # noqa: F401
+
+    names = [
+        name
+        for name in logging.root.manager.loggerDict
+        if name == "pymilvus" or name.startswith("pymilvus.")
+    ]
+    for name in names:
+        pymilvus_logger = logging.getLogger(name)
+        if verbosity > 1:
+            pymilvus_logger.setLevel(logging.DEBUG)
+            continue
+        pymilvus_logger.setLevel(logging.CRITICAL + 1)
+        for handler in list(pymilvus_logger.handlers):
+            pymilvus_logger.removeHandler(handler)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -384,7 +407,10 @@ class _IngestProgress:
     help="Equality condition on a field or metadata key (repeatable, values quoted safely).",
 )
 @click.option(
-    "--min-score", type=float, help="Drop hits scoring below this (cosine similarity)."
+    "--min-score",
+    type=float,
+    help="Drop hits scoring below this: the cosine similarity in dense mode, the "
+    "fused score in [0, 1] in hybrid mode, the raw BM25 score in bm25 mode.",
 )
 @click.option(
     "--mode",
@@ -437,7 +463,10 @@ def search(
     """Find the chunks most similar in meaning to QUERY."""
     from .filters import parse_where
 
-    conditions = parse_where(where)
+    try:
+        conditions = parse_where(where)
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--where'") from exc
     engine = _engine(ctx)
     hits = engine.search(
         query,

@@ -63,10 +63,15 @@ _FLOAT = re.compile(
 
 @dataclass(frozen=True)
 class Record:
-    """One row of a record file: its 1-based line or row number and its fields."""
+    """One row of a record file: its 1-based line or row number and its fields.
+
+    ``columns`` lists the header names of a CSV file, because its empty cells are
+    left out of ``fields``; other formats leave it empty.
+    """
 
     line: int
     fields: Mapping[str, Any]
+    columns: tuple[str, ...] = ()
 
 
 # --- decoding -----------------------------------------------------------------
@@ -497,7 +502,7 @@ def iter_csv_records(path: Path, source: str) -> Iterator[Record | LoadError]:
             yield LoadError(source, reason, number)
             continue
         fields = {name: parse_scalar(cell) for name, cell in zip(names, row) if cell}
-        yield Record(number, fields)
+        yield Record(number, fields, tuple(names))
 
 
 def iter_parquet_records(
@@ -516,14 +521,14 @@ def iter_parquet_records(
         raise LoadError(
             source,
             f"has no column {text_field!r} (columns: {', '.join(schema.names)}); "
-            "choose the text column with the text field option",
+            "choose the text column with --text-field (text_field= in Python)",
         )
     column_type = schema.field(text_field).type
     if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
         raise LoadError(
             source,
             f"column {text_field!r} has type {column_type}, not string; "
-            "choose a string column as the text field",
+            "choose a string column with --text-field (text_field= in Python)",
         )
     number = 0
     for batch in parquet.iter_batches(batch_size=512):

@@ -477,19 +477,24 @@ def _record_document(
 
 
 def _record_text(record: formats.Record, source: str, text_field: str) -> str:
+    empty_reason = f"empty document; the {text_field!r} field is empty in this record"
     if text_field not in record.fields:
+        if text_field in record.columns:
+            raise LoadError(source, empty_reason)
         available = ", ".join(map(str, record.fields)) or "none"
         raise LoadError(
             source,
             f"record has no {text_field!r} field (fields: {available}); "
-            "choose the text field with the text field option",
+            "choose the text field with --text-field (text_field= in Python)",
         )
     text = record.fields[text_field]
+    if text is None:
+        raise LoadError(source, empty_reason)
     if not isinstance(text, str):
         kind = type(text).__name__
         raise LoadError(source, f"field {text_field!r} has type {kind}, not str")
     if not text.strip():
-        raise LoadError(source, "empty document; the text field is blank")
+        raise LoadError(source, f"empty document; the {text_field!r} field is blank")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -142,6 +142,30 @@ def is_local_uri(uri: str) -> bool:
     return "://" not in uri
 
 
+def redact_uri(uri: str) -> str:
+    """Return ``uri`` with the password of its userinfo replaced by ``***``.
+
+    ``http://root:secret@host:19530`` becomes ``http://root:***@host:19530``.
+    Local paths and URIs without a password are returned unchanged.
+    """
+    if is_local_uri(uri):
+        return uri
+    scheme, _, rest = uri.partition("://")
+    authority_end = len(rest)
+    for separator in "/?#":
+        position = rest.find(separator)
+        if position != -1:
+            authority_end = min(authority_end, position)
+    authority, path = rest[:authority_end], rest[authority_end:]
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return uri
+    user, colon, _password = userinfo.partition(":")
+    if not colon:
+        return uri
+    return f"{scheme}://{user}:***@{host}{path}"
+
+
 # Milvus Lite serves each file from an in-process server that stays up until it
 # is released, and keeps the file locked against other processes meanwhile. The
 # counts let the last store on a file release it.
@@ -447,7 +471,10 @@ class MilvusStore:
         self._version_asked = False
 
     def __repr__(self) -> str:
-        return f"MilvusStore(uri={self.uri!r}, collection={self.collection!r})"
+        return (
+            f"MilvusStore(uri={redact_uri(self.uri)!r}, "
+            f"collection={self.collection!r})"
+        )
 
     # -- connection ---------------------------------------------------------
 
@@ -491,7 +518,7 @@ class MilvusStore:
                 "server' in the README)"
             )
         reason = getattr(exc, "message", None) or str(exc)
-        return f"cannot connect to Milvus at {self.uri!r}: {reason}"
+        return f"cannot connect to Milvus at {redact_uri(self.uri)!r}: {reason}"
 
     def close(self) -> None:
         if self._client is not None:
@@ -526,7 +553,8 @@ class MilvusStore:
         except grpc.RpcError as exc:
             raise StoreError(
                 f"{operation} failed on collection {self.collection!r} at "
-                f"{self.uri!r}: {exc}; check that the Milvus server is running",
+                f"{redact_uri(self.uri)!r}: {exc}; check that the Milvus server "
+                "is running",
                 retryable=is_retryable(exc),
             ) from exc
         except MilvusException as exc:
@@ -574,7 +602,8 @@ class MilvusStore:
         stored = self.fingerprint()
         if stored is None:
             raise ModelMismatchError(
-                f"collection {self.collection!r} at {self.uri!r} has no semsearch model "
+                f"collection {self.collection!r} at {redact_uri(self.uri)!r} has no "
+                "semsearch model "
                 "fingerprint, so it was not written by semsearch; choose another "
                 "collection with --collection"
             )
@@ -582,15 +611,26 @@ class MilvusStore:
             raise ModelMismatchError(
                 f"collection {self.collection!r} was written with model "
                 f"{describe_fingerprint(stored)}, but the current model is "
-                f"{describe_fingerprint(fingerprint)}. Use the same --model, or "
-                "write to another --collection"
+                f"{describe_fingerprint(fingerprint)}. "
+                f"{mismatch_advice(stored, fingerprint)}, or write to another "
+                "--collection"
             )
 
     def require(self) -> None:
-        """Raise CollectionNotFoundError unless the collection exists; load it."""
+        """Raise CollectionNotFoundError unless the collection exists; load it.
+
+        A Milvus Lite path that does not exist is not created: Milvus Lite would
+        create an empty database there on connect.
+        """
+        if is_local_uri(self.uri) and not os.path.exists(self.uri):
+            raise CollectionNotFoundError(
+                f"Milvus Lite database {self.uri!r} not found; run 'semsearch "
+                "ingest PATH' first or pass the right --uri"
+            )
         if not self.exists():
             raise CollectionNotFoundError(
-                f"collection {self.collection!r} not found at {self.uri!r}; "
+                f"collection {self.collection!r} not found at "
+                f"{redact_uri(self.uri)!r}; "
                 "run 'semsearch ingest PATH' first or pass the right --collection"
             )
         self._load()
@@ -689,7 +729,9 @@ class MilvusStore:
                 group_by=self.supports_group_by(),
                 index_types=self.accepted_index_types(),
             )
-            logger.debug("capabilities of %s: %s", self.uri, self._capabilities)
+            logger.debug(
+                "capabilities of %s: %s", redact_uri(self.uri), self._capabilities
+            )
         return self._capabilities
 
     def server_version(self) -> str | None:
@@ -702,7 +744,9 @@ class MilvusStore:
                 with self._lock:
                     self._version = str(self.client.get_server_version())
             except MilvusException as exc:
-                logger.info("backend at %s reports no version: %s", self.uri, exc)
+                logger.info(
+                    "backend at %s reports no version: %s", redact_uri(self.uri), exc
+                )
         return self._version
 
     def supports_group_by(self) -> bool:
@@ -826,7 +870,7 @@ class MilvusStore:
         logger.info(
             "creating collection %s at %s with %s index%s",
             self.collection,
-            self.uri,
+            redact_uri(self.uri),
             index_type,
             " and BM25" if lexical else "",
         )
@@ -1136,7 +1180,8 @@ class MilvusStore:
             version = self.server_version()
             reported = f" (this backend reports {version})" if version else ""
             raise FeatureUnavailableError(
-                f"collection {self.collection!r} at {self.uri!r} has no BM25 full-text "
+                f"collection {self.collection!r} at {redact_uri(self.uri)!r} has no "
+                "BM25 full-text "
                 f"index{reported}: BM25 full-text search needs Milvus "
                 f"{format_version(BM25_MIN_VERSION)} or newer (or Milvus Lite 3), and "
                 "a collection created there by semsearch. Use --mode dense here, or "
@@ -1302,6 +1347,31 @@ def _is_expression_error(exc: Exception) -> bool:
     if getattr(exc, "code", None) in EXPRESSION_ERROR_CODES:
         return True
     return _looks_like_parse_error(exc)
+
+
+# The setting that changes each fingerprint field; any other field follows
+# from the model.
+_FINGERPRINT_SETTINGS = {
+    "precision": "--precision",
+    "query_prefix": "the query prefix (Encoder query_prefix)",
+    "passage_prefix": "the passage prefix (Encoder passage_prefix)",
+}
+
+
+def mismatch_advice(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """Return which settings to match, from the fingerprint fields that differ."""
+    differing = {
+        key for key in set(stored) | set(current) if stored.get(key) != current.get(key)
+    }
+    settings = []
+    if differing - set(_FINGERPRINT_SETTINGS):
+        settings.append("--model")
+    settings.extend(
+        setting for key, setting in _FINGERPRINT_SETTINGS.items() if key in differing
+    )
+    if not settings:
+        settings.append("--model")
+    return "Use the same " + " and ".join(settings) + " as when it was written"
 
 
 def _looks_like_parse_error(exc: Exception) -> bool:

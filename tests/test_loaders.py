@@ -597,6 +597,7 @@ def test_jsonl_custom_fields(tmp_path: Path) -> None:
     [
         ('{"id": "x"}', "has no 'text' field (fields: id)"),
         ('{"text": 5}', "field 'text' has type int, not str"),
+        ('{"text": null}', "'text' field is empty in this record"),
         ('{"text": "  "}', "empty document"),
         ("[1, 2]", "is a JSON list, not an object"),
         ('{"text": "lone \\ud800"}', "unpaired surrogate"),
@@ -663,6 +664,22 @@ def test_csv_bad_rows_numbered_from_header(tmp_path: Path) -> None:
     assert "has 3 fields but the header has 2" in skipped[1].reason
 
 
+def test_csv_empty_text_cell_reason(tmp_path: Path) -> None:
+    write(tmp_path / "t.csv", "id,text,title,year\n1,first,T1,2001\n2,,T2,2002\n")
+    documents, skipped = load(tmp_path)
+    assert list(documents) == ["t.csv#1"]
+    assert skipped[0].line == 3
+    assert "'text' field is empty in this record" in skipped[0].reason
+    assert "has no 'text' field" not in skipped[0].reason
+
+
+def test_csv_missing_text_column_names_option(tmp_path: Path) -> None:
+    write(tmp_path / "t.csv", "id,body\n1,first\n")
+    _, skipped = load(tmp_path)
+    assert "has no 'text' field (fields: id, body)" in skipped[0].reason
+    assert "--text-field (text_field= in Python)" in skipped[0].reason
+
+
 def test_csv_cp1252_decoded(tmp_path: Path) -> None:
     content = "text\nCaf\u00e9 \u2014 cr\u00e8me\n"
     write(tmp_path / "t.csv", content.encode("cp1252"))
@@ -724,6 +741,7 @@ def test_parquet_missing_text_column(parquet_file: Path) -> None:
     assert documents == {}
     assert "has no column 'body'" in skipped[0].reason
     assert "id, text, score, when, tags, count" in skipped[0].reason
+    assert "--text-field (text_field= in Python)" in skipped[0].reason
 
 
 def test_parquet_corrupt_file_skipped(tmp_path: Path) -> None:
