@@ -1159,12 +1159,20 @@ def migrate(
             batch_size=batch_size,
             on_progress=progress.update,
         )
+    from .store import redact_uri
+
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        summary = report.to_dict()
+        for key in ("source_uri", "target_uri"):
+            if isinstance(summary.get(key), str):
+                summary[key] = redact_uri(summary[key])
+        click.echo(json.dumps(summary))
         return
+    source_uri = redact_uri(report.source_uri)
+    target_uri = redact_uri(report.target_uri)
     console.print(
         f"copied {report.copied} rows from {report.source_collection} "
-        f"({report.source_uri}) to {report.target_collection} ({report.target_uri}); "
+        f"({source_uri}) to {report.target_collection} ({target_uri}); "
         f"both have {report.target_rows} rows, BM25 on the target: "
         f"{'yes' if report.bm25 else 'no'}, {report.seconds:.1f} s",
         highlight=False,

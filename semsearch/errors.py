@@ -61,3 +61,7 @@ class FeatureUnavailableError(StoreError):
 
 class BackendError(SemsearchError):
     """An encoder backend cannot be prepared, such as a failed ONNX export."""
+
+
+class LiteFileInUseError(StoreError):
+    """A Milvus Lite file is open in another process, which holds its lock."""

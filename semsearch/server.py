@@ -33,6 +33,7 @@ from .errors import (
     CollectionNotFoundError,
     ConfigError,
     FilterError,
+    LiteFileInUseError,
     ModelMismatchError,
     SemsearchError,
     StoreError,
@@ -461,7 +462,9 @@ def status_for(exc: SemsearchError) -> int:
         return 404
     if isinstance(exc, ModelMismatchError):
         return 409
-    if isinstance(exc, StoreError) and exc.retryable:
+    if isinstance(exc, StoreError) and (
+        exc.retryable or isinstance(exc, LiteFileInUseError)
+    ):
         return 503
     if isinstance(exc, StoreError):
         return 502
@@ -516,5 +519,9 @@ def serve(
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
+    # Open the store now: on Milvus Lite this takes the file's lock, so another
+    # process cannot write the file while the server runs, and a file already
+    # open elsewhere stops the server at once with LiteFileInUseError.
+    _ = engine.store.client
     app = create_app(engine, api_key=api_key, micro_batching=micro_batching)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

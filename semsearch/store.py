@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    LiteFileInUseError,
     CollectionNotFoundError,
     ConfigError,
     FeatureUnavailableError,
@@ -502,6 +503,8 @@ class MilvusStore:
             client = MilvusClient(**kwargs)
         except MilvusException as exc:
             message = self._connect_message(exc)
+            if not remote and lite_file_in_use(self.uri):
+                raise LiteFileInUseError(message, code=exc.code) from exc
             raise StoreError(message, code=exc.code, retryable=remote) from exc
         except (OSError, RuntimeError) as exc:
             raise StoreError(self._connect_message(exc), retryable=remote) from exc
@@ -518,6 +521,7 @@ class MilvusStore:
                 "server' in the README)"
             )
         reason = getattr(exc, "message", None) or str(exc)
+        reason = reason.replace(self.uri, redact_uri(self.uri))
         return f"cannot connect to Milvus at {redact_uri(self.uri)!r}: {reason}"
 
     def close(self) -> None:

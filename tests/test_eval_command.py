@@ -81,6 +81,32 @@ def test_eval_rerun_embeds_nothing(tmp_path, encoder):
     assert report.chunks == 0
 
 
+def test_eval_same_name_replaces_corpus(tmp_path, encoder, caplog):
+    (tmp_path / "a").mkdir()
+    first = load_beir(_write_beir(tmp_path / "a" / "beir"))
+    other = tmp_path / "b" / "beir"
+    other.mkdir(parents=True)
+    second_corpus = {"d1": CORPUS["d1"], "d5": CORPUS["d5"]}
+    second_corpus["e1"] = ("Tides", "The moon pulls the oceans and causes the tides.")
+    with open(other / "corpus.jsonl", "w", encoding="utf-8") as out:
+        for doc_id, (title, text) in second_corpus.items():
+            out.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    for name in ("queries.jsonl", "qrels"):
+        (other / name).symlink_to(tmp_path / "a" / "beir" / name)
+    second = load_beir(other)
+    assert first.name == second.name == "beir"
+
+    with SemanticSearch(uri=str(tmp_path / "eval.db"), collection="eval_beir", encoder=encoder) as engine:
+        run_benchmark(engine, first, split="test")
+        with caplog.at_level("INFO", logger="semsearch.benchmark"):
+            result = run_benchmark(engine, second, split="test")
+        stored = sorted(document.doc_id for document in engine.store.documents())
+    assert stored == ["d1", "d5", "e1"]
+    assert result.documents == 3
+    assert result.chunks == 3
+    assert "removed 3 stored documents" in caplog.text
+
+
 def test_eval_command_json(tmp_path):
     folder = _write_beir(tmp_path / "tiny")
     result = CliRunner().invoke(

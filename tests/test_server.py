@@ -495,3 +495,40 @@ def test_serve_command_help():
     assert result.exit_code == 0
     assert "SEMSEARCH_API_KEY" in result.output
     assert "--no-micro-batching" in result.output
+
+
+def test_serve_locked_lite_file_exits(tmp_path):
+    """`serve` on a Milvus Lite file held by another process stops at once."""
+    import os
+    import subprocess
+    import sys
+
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pymilvus import MilvusClient\n"
+            f"MilvusClient({str(db)!r}).list_collections()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        result = subprocess.run(
+            [sys.executable, "-m", "semsearch.cli", "--uri", str(db), "serve", "--port", "8765"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert "open in another process" in result.stderr
+    assert "Traceback" not in result.stderr
