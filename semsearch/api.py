@@ -562,6 +562,8 @@ class SemanticSearch:
     def _delete_matching(
         self, ids: Iterable[str] | str | None, conditions: list[str]
     ) -> int:
+        from .filters import quote_string
+
         if ids is None:
             return self._delete_where(" and ".join(conditions))
 

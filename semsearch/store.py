@@ -308,10 +308,11 @@ LITE_DEFAULT_INDEX = "FLAT"
 SERVER_DEFAULT_INDEX = "HNSW"
 
 
-# Integer parameters Milvus Lite reads for its index types, with the ranges
-# Milvus 2.5 documents (milvus.io/docs/hnsw.md and ivf-flat.md). Lite 3.2 checks
-# none of them: HNSW with M -5 allocates until the process is killed, and
-# IVF_FLAT with nlist 0 makes every search fail inside faiss.
+# Integer build and search parameters Milvus Lite reads for its index types,
+# with the ranges Milvus servers enforce (a server rejects nlist 0 with "nlist
+# out of range: [1, 65536]"). Lite 3.2 checks none of them: HNSW with M -5 grew
+# to about 19 GB and was killed for memory, and IVF_FLAT with nlist 0 makes
+# every search fail inside faiss.
 INT32_MAX = 2**31 - 1
 LITE_INDEX_PARAM_RANGES: dict[str, dict[str, tuple[int, int]]] = {
     "HNSW": {"M": (2, 2048), "efConstruction": (1, INT32_MAX), "ef": (1, INT32_MAX)},
