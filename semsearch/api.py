@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from .encoder import Encoder
     from .ingest import IngestReport, ProgressCallback
     from .loaders import SkippedInput
-    from .rerank import Reranker
     from .migrate import MigrationProgress, MigrationReport
+    from .rerank import Reranker
     from .store import Capabilities, MilvusStore, StoredDocument
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModelMismatchError, StoreError
-from .store import CHUNK_HASH_FIELD, LEXICAL_FIELD, SPARSE_FIELD, is_local_uri
+from .store import (
+    CHUNK_HASH_FIELD,
+    LEXICAL_FIELD,
+    SPARSE_FIELD,
+    is_local_uri,
+    redact_uri,
+)
 
 if TYPE_CHECKING:
     from .store import MilvusStore
@@ -78,14 +84,14 @@ def migrate(
     if _same_collection(source, target):
         raise ConfigError(
             f"source and target are the same collection {source.collection!r} at "
-            f"{source.uri!r}; pass another --to URI or --to-collection"
+            f"{redact_uri(source.uri)!r}; pass another --to URI or --to-collection"
         )
     began = time.perf_counter()
     source.require()
     fingerprint = source.fingerprint()
     if fingerprint is None:
         raise ModelMismatchError(
-            f"collection {source.collection!r} at {source.uri!r} has no semsearch "
+            f"collection {source.collection!r} at {redact_uri(source.uri)!r} has no semsearch "
             "model fingerprint, so it was not written by semsearch; migrate a "
             "collection that semsearch created"
         )
@@ -115,8 +121,8 @@ def migrate(
     if target_rows != total:
         raise StoreError(
             f"row counts differ after migrating: {source.collection!r} at "
-            f"{source.uri!r} has {total} rows, {target.collection!r} at "
-            f"{target.uri!r} has {target_rows}. Run the migration again; if the "
+            f"{redact_uri(source.uri)!r} has {total} rows, {target.collection!r} at "
+            f"{redact_uri(target.uri)!r} has {target_rows}. Run the migration again; if the "
             "target holds rows the source no longer has, migrate into a new "
             "--to-collection"
         )
@@ -159,7 +165,7 @@ def _plan_fields(
     unknown = [f for f in lacking if f not in FIELD_DEFAULTS]
     if unknown:
         raise StoreError(
-            f"target collection {target.collection!r} at {target.uri!r} needs "
+            f"target collection {target.collection!r} at {redact_uri(target.uri)!r} needs "
             f"fields {unknown} that source {source.collection!r} lacks; migrate "
             "into a new --to-collection"
         )

@@ -38,6 +38,7 @@ from .errors import (
     SemsearchError,
     StoreError,
 )
+from .store import redact_uri
 
 if TYPE_CHECKING:
     from .api import SemanticSearch
@@ -307,7 +308,7 @@ def create_app(
         logger.info(
             "serving collection %s at %s (micro-batching %s)",
             engine.settings.collection,
-            engine.settings.uri,
+            redact_uri(engine.settings.uri),
             "on" if micro_batching else "off",
         )
         yield

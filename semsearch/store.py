@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    LiteFileInUseError,
     CollectionNotFoundError,
     ConfigError,
     FeatureUnavailableError,
     FilterError,
+    LiteFileInUseError,
     ModelMismatchError,
     StoreError,
 )
