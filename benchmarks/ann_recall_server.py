@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,6 +23,16 @@ from semsearch import SemanticSearch  # noqa: E402
 from semsearch.benchmark import ann_recall_at_k  # noqa: E402
 from semsearch.evaluate import load_beir  # noqa: E402
 from tests.milvus_server import start_milvus_server  # noqa: E402
+
+
+def wait_for_index(engine: SemanticSearch, rows: int, timeout: float = 300.0) -> dict:
+    """Wait until the server's vector index covers ``rows`` rows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        index = engine.store.index_description()
+        if int(index.get("indexed_rows", 0)) >= rows or time.monotonic() > deadline:
+            return index
+        time.sleep(2)
 
 
 def main() -> None:
@@ -40,8 +51,8 @@ def main() -> None:
                 report = source.migrate_to(server.uri, args.collection)
             with SemanticSearch(uri=server.uri, collection=args.collection) as engine:
                 engine.store.require()
+                index = wait_for_index(engine, report.rows)
                 recall = ann_recall_at_k(engine, queries)
-                index = engine.store.index_description()
         finally:
             server.stop()
     print(json.dumps({"rows": getattr(report, "rows", None), "recall@10": recall, "index": index}, default=str))

@@ -274,6 +274,8 @@ class SemanticSearch:
             result = ingester.run(
                 documents, report=report, prune_roots=prune_roots, dry_run=dry_run
             )
+            if not dry_run and (result.chunks or result.deleted):
+                self.store.flush()
         self._checked = not dry_run or self._checked
         return result
 

@@ -117,6 +117,7 @@ def migrate(
         if on_progress is not None:
             on_progress(copied, total)
 
+    target.flush()
     target_rows = target.count()
     if target_rows != total:
         raise StoreError(
