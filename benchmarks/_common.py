@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCIFACT = REPO_ROOT.parent / "shared" / "data" / "scifact"
+# The BEIR SciFact folder; SEMSEARCH_SCIFACT overrides the default location.
+DEFAULT_SCIFACT = Path(os.environ.get("SEMSEARCH_SCIFACT", "data/scifact"))
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ Copies a collection from a Milvus Lite file to a Milvus server started for the r
 (no re-embedding), then compares the server's top 10 chunks with a brute-force
 search over the same vectors for every query of a BEIR folder.
 
-    python benchmarks/ann_recall_server.py ../shared/data/scifact \
+    python benchmarks/ann_recall_server.py data/scifact \
         --uri /tmp/eval/eval.db --collection eval_scifact
 """
 

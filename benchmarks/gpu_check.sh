@@ -7,7 +7,7 @@
 # which it measures on the spot with a large torch.matmul.
 set -euo pipefail
 
-SCIFACT="${1:-../shared/data/scifact}"
+SCIFACT="${1:-data/scifact}"
 PYTHON="${PYTHON:-python}"
 export HF_HUB_OFFLINE=1
 

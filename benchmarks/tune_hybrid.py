@@ -3,7 +3,7 @@
 Runs the dense and BM25 searches once per query, then fuses the two candidate
 lists offline for every setting in a grid and scores each with nDCG@10.
 
-    python benchmarks/tune_hybrid.py ../shared/data/scifact --split train \
+    python benchmarks/tune_hybrid.py data/scifact --split train \
         --uri /tmp/eval/eval.db --collection eval_scifact
 """
 
