@@ -682,7 +682,9 @@ def evaluate(
     collection = None
     if ctx.parent is None or ctx.parent.params.get("collection") is None:
         name = Path(dataset_dir).resolve().name
-        collection = "eval_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+        collection = "eval_" + "".join(
+            ch if ch.isascii() and ch.isalnum() else "_" for ch in name
+        )
     engine = _engine(ctx, collection=collection)
     result = run_benchmark(
         engine,

@@ -138,6 +138,27 @@ def batches_by_size(
         yield batch
 
 
+_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def check_collection_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a valid Milvus collection name.
+
+    Milvus servers accept letters, digits and underscores, starting with a letter
+    or underscore, up to 255 characters. Milvus Lite is more lenient, but a name it
+    accepts must still work after a migration to a server.
+    """
+    if _COLLECTION_NAME.match(name):
+        return
+    suggestion = re.sub(r"[^A-Za-z0-9_]", "_", name.encode("ascii", "replace").decode())
+    if not suggestion or suggestion[0].isdigit():
+        suggestion = "c_" + suggestion
+    raise ConfigError(
+        f"invalid collection name {name!r}: use letters, digits and underscores, "
+        f"starting with a letter or underscore, such as {suggestion[:255]!r}"
+    )
+
+
 def is_local_uri(uri: str) -> bool:
     """Return True when ``uri`` names a Milvus Lite file rather than a server."""
     return "://" not in uri
@@ -457,6 +478,7 @@ class MilvusStore:
         efConstruction 200) on a server.
         """
         self.uri = uri
+        check_collection_name(collection)
         self.collection = collection
         self.consistency_level = consistency_level
         self._token = token

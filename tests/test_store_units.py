@@ -131,3 +131,27 @@ def test_duplicate_document_id_one_row_set(tmp_path, encoder):
     assert [row["text"] for row in rows] == ["first text about owls"]
     assert len(report.skipped) == 1
     assert "duplicate document id 'doc'" in report.skipped[0].reason
+
+
+@pytest.mark.parametrize("name", ["my-docs", "notes.v2", "café", "1st", "", "a b"])
+def test_collection_name_rejected(name):
+    from semsearch.errors import ConfigError
+    from semsearch.store import MilvusStore
+
+    with pytest.raises(ConfigError, match="invalid collection name"):
+        MilvusStore("unused.db", name)
+
+
+@pytest.mark.parametrize("name", ["semsearch", "eval_scifact", "_private", "Docs2"])
+def test_collection_name_accepted(name):
+    from semsearch.store import MilvusStore
+
+    assert MilvusStore("unused.db", name).collection == name
+
+
+def test_collection_name_suggestion():
+    from semsearch.errors import ConfigError
+    from semsearch.store import MilvusStore
+
+    with pytest.raises(ConfigError, match="'my_docs'"):
+        MilvusStore("unused.db", "my-docs")

@@ -1,0 +1,114 @@
+"""Ingest throughput against the encoder alone, on the same chunks, with peak memory.
+
+Each repetition runs both sides in fresh child processes, alternating, so that
+model load, caches and peak RSS belong to one side only:
+
+- encoder only: chunk the passages, then embed every chunk with `encode_passages`;
+- ingest: `SemanticSearch.ingest_documents` into a new Milvus Lite file (load,
+  chunk, embed and upsert through the three-stage pipeline).
+
+Both time only the work after the model is loaded.
+
+    python benchmarks/ingest_pipeline.py --passages 400 --repeats 3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (  # noqa: E402
+    machine,
+    median,
+    parser,
+    print_table,
+    read_passages,
+    write_json,
+)
+
+
+def _documents(passages: list[str]):
+    from semsearch.types import Document
+
+    for number, text in enumerate(passages):
+        yield Document(
+            id=f"p{number}",
+            source=f"p{number}",
+            title=f"p{number}",
+            text=text,
+            content_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )
+
+
+def run_side(side: str, scifact: Path, count: int) -> dict:
+    """Run one side in this process and return its timing and peak RSS."""
+    from semsearch import SemanticSearch
+
+    passages = read_passages(scifact, count)
+    with tempfile.TemporaryDirectory() as folder:
+        with SemanticSearch(uri=str(Path(folder) / "bench.db")) as engine:
+            chunker = engine.chunker  # loads the model and tokenizer
+            engine.encoder.encode_passages(["warm up"])
+            if side == "encoder":
+                started = time.perf_counter()
+                chunks = [c.text for d in _documents(passages) for c in chunker.chunk_document(d)]
+                engine.encoder.encode_passages(chunks)
+                seconds = time.perf_counter() - started
+                count_chunks = len(chunks)
+            else:
+                started = time.perf_counter()
+                report = engine.ingest_documents(_documents(passages))
+                seconds = time.perf_counter() - started
+                count_chunks = report.chunks
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"side": side, "seconds": seconds, "chunks": count_chunks, "peak_rss_mib": peak_kib / 1024}
+
+
+def main() -> None:
+    arguments = parser(__doc__)
+    arguments.add_argument("--passages", type=int, default=400)
+    arguments.add_argument("--side", choices=["encoder", "ingest"], help=argparse_hidden())
+    args = arguments.parse_args()
+    if args.side:
+        print(json.dumps(run_side(args.side, args.scifact, args.passages)))
+        return
+
+    results: dict[str, list[dict]] = {"encoder": [], "ingest": []}
+    for _ in range(args.repeats):
+        for side in ("encoder", "ingest"):
+            output = subprocess.run(
+                [sys.executable, __file__, "--side", side, "--scifact", str(args.scifact),
+                 "--passages", str(args.passages)],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            results[side].append(json.loads(output.strip().splitlines()[-1]))
+
+    encoder_rate = median([r["chunks"] / r["seconds"] for r in results["encoder"]])
+    ingest_rate = median([r["chunks"] / r["seconds"] for r in results["ingest"]])
+    rows = [
+        ["encoder only (anchor)", f"{encoder_rate:.1f}", "1.00",
+         f"{median([r['peak_rss_mib'] for r in results['encoder']]):.0f}"],
+        ["ingest to Milvus Lite", f"{ingest_rate:.1f}", f"{ingest_rate / encoder_rate:.2f}",
+         f"{median([r['peak_rss_mib'] for r in results['ingest']]):.0f}"],
+    ]
+    print_table(["pipeline", "chunks/s", "x anchor", "peak RSS MiB"], rows)
+    write_json(args.json, "ingest_pipeline.json",
+               {"machine": machine(), "passages": args.passages, "runs": results})
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
