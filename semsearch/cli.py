@@ -1051,7 +1051,7 @@ def reindex(
 
     engine = _engine(ctx)
     console = _stderr()
-    with _CopyProgress(console) as progress:
+    with _RowProgress(console, "re-embedding") as progress:
         result = run_reindex(
             engine.store,
             engine.encoder,
@@ -1071,27 +1071,28 @@ def reindex(
     )
 
 
-class _CopyProgress:
-    """A bar of rows copied; silent when stderr is not a terminal."""
+class _RowProgress:
+    """A bar of rows copied, on stderr; silent when stderr is not a terminal."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, label: str) -> None:
         self.console = console
+        self.label = label
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> _CopyProgress:
+    def __enter__(self) -> _RowProgress:
         if not self.console.is_terminal:
             return self
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self._progress = Progress(
-            TextColumn("re-embedding"),
+            TextColumn(self.label),
             BarColumn(),
             MofNCompleteColumn(),
             console=self.console,
             transient=True,
         )
-        self._task = self._progress.add_task("reindex", total=None)
+        self._task = self._progress.add_task(self.label, total=None)
         self._progress.start()
         return self
 
@@ -1153,7 +1154,7 @@ def migrate(
     """
     engine = _engine(ctx)
     console = _stderr()
-    with _MigrationProgress(console) as progress:
+    with _RowProgress(console, "migrating") as progress:
         report = engine.migrate_to(
             target_uri,
             to_collection,
@@ -1179,39 +1180,6 @@ def migrate(
         f"{'yes' if report.bm25 else 'no'}, {report.seconds:.1f} s",
         highlight=False,
     )
-
-
-class _MigrationProgress:
-    """A progress bar of copied rows on stderr; silent when stderr is not a terminal."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _MigrationProgress:
-        if not self.console.is_terminal:
-            return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self._progress = Progress(
-            TextColumn("migrating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self._task = self._progress.add_task("migrate", total=None)
-        self._progress.start()
-        return self
-
-    def update(self, copied: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=copied, total=total)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover
