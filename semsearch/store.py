@@ -651,8 +651,9 @@ class MilvusStore:
         """
         if is_local_uri(self.uri) and not os.path.exists(self.uri):
             raise CollectionNotFoundError(
-                f"Milvus Lite database {self.uri!r} not found; run 'semsearch "
-                "ingest PATH' first or pass the right --uri"
+                f"collection {self.collection!r} not found: the Milvus Lite "
+                f"database {self.uri!r} does not exist; run 'semsearch ingest "
+                "PATH' first or pass the right --uri"
             )
         if not self.exists():
             raise CollectionNotFoundError(
