@@ -293,12 +293,15 @@ def ingest(
     chunks whose text changed are embedded again. Exits 1 when any file or
     record was skipped.
     """
-    from .loaders import parse_meta_pairs
+    from .loaders import count_documents, parse_meta_pairs
 
     metadata = parse_meta_pairs(meta)
     engine = _engine(ctx, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     console = _stderr()
-    with _IngestProgress(console) as progress:
+    total = None
+    if console.is_terminal:
+        total = count_documents(paths, include=include, exclude=exclude)
+    with _IngestProgress(console, total) as progress:
         report = engine.ingest(
             paths,
             include=include,
@@ -343,26 +346,38 @@ def _summary(report: IngestReport) -> str:
 
 
 class _IngestProgress:
-    """Live counters on stderr; silent when stderr is not a terminal."""
+    """Live counters on stderr; silent when stderr is not a terminal.
 
-    def __init__(self, console: Console) -> None:
+    With ``total`` (the number of documents, when it is known in advance) it also
+    shows a bar and the estimated time remaining.
+    """
+
+    def __init__(self, console: Console, total: int | None = None) -> None:
         self.console = console
+        self.total = total
         self._progress: Any = None
         self._task: Any = None
 
     def __enter__(self) -> _IngestProgress:
         if not self.console.is_terminal:
             return self
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.fields[line]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
         )
-        self._task = self._progress.add_task("ingest", line="loading model")
+
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.fields[line]}")]
+        if self.total:
+            columns += [BarColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        columns.append(TimeElapsedColumn())
+        self._progress = Progress(*columns, console=self.console, transient=True)
+        self._task = self._progress.add_task(
+            "ingest", total=self.total, line="loading model"
+        )
         self._progress.start()
         return self
 
@@ -372,9 +387,10 @@ class _IngestProgress:
         elapsed = max(snapshot.elapsed, 1e-9)
         line = (
             f"{snapshot.documents} documents, {snapshot.chunks} chunks, "
-            f"{snapshot.chunks / elapsed:.0f} chunks/s, {snapshot.tokens / elapsed:.0f} tokens/s"
+            f"{snapshot.chunks / elapsed:.0f} chunks/s, "
+            f"{snapshot.tokens / elapsed:.0f} tokens/s"
         )
-        self._progress.update(self._task, line=line)
+        self._progress.update(self._task, line=line, completed=snapshot.documents)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._progress is not None:

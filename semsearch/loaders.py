@@ -153,6 +153,59 @@ def iter_documents(
     warnings.summarise()
 
 
+def count_documents(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> int | None:
+    """Return how many documents ``iter_documents`` will yield, or None if unknown.
+
+    The count walks the folders without reading any file, so it is exact only when
+    every input holds one document: a JSONL, CSV or Parquet file holds an unknown
+    number of records, and then the result is None. A ``manifest.jsonl`` is not
+    counted. Missing paths count as nothing; ``iter_documents`` reports them.
+    """
+    options = _Options(
+        include=[_compile_glob(pattern) for pattern in include],
+        exclude=[_compile_glob(pattern) for pattern in exclude],
+        text_field="text",
+        id_field=None,
+        title_field=None,
+        extra_metadata={},
+        report=lambda skipped: None,
+    )
+    total = 0
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            candidates = _count_walk(path, path)
+        elif path.is_file():
+            candidates = [(path, path.name)]
+        else:
+            continue
+        for file_path, source in candidates:
+            if not _is_selected(source, options):
+                continue
+            if _FORMATS.get(file_path.suffix.lower()) in ("jsonl", "csv", "parquet"):
+                return None
+            total += 1
+    return total
+
+
+def _count_walk(root: Path, folder: Path) -> list[tuple[Path, str]]:
+    found: list[tuple[Path, str]] = []
+    for current, folders, files in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        for name in sorted(files):
+            path = Path(current) / name
+            if name.startswith(".") or name == MANIFEST_NAME:
+                continue
+            if path.suffix.lower() in SUPPORTED_SUFFIXES:
+                found.append((path, _relative(root, path)))
+    return found
+
+
 def parse_meta_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     """Parse ``key=value`` strings into metadata, later keys winning.
 

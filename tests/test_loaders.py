@@ -880,3 +880,22 @@ def test_parse_meta_pairs_missing_equals() -> None:
 def test_parse_meta_pairs_invalid_key(pair: str) -> None:
     with pytest.raises(ConfigError, match="invalid metadata key"):
         parse_meta_pairs([pair])
+
+
+def test_count_documents_matches_loaded_samples():
+    from semsearch.loaders import count_documents
+
+    excludes = ["README.md", "LICENSES/*"]
+    counted = count_documents([SAMPLES], exclude=excludes)
+    loaded = list(iter_documents([SAMPLES], exclude=excludes))
+    assert counted == len(loaded)
+    assert counted == 69
+
+
+def test_count_documents_unknown_with_records(tmp_path):
+    from semsearch.loaders import count_documents
+
+    (tmp_path / "a.txt").write_text("alpha", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "beta"}\n', encoding="utf-8")
+    assert count_documents([tmp_path]) is None
+    assert count_documents([tmp_path], exclude=["*.jsonl"]) == 1
