@@ -592,7 +592,7 @@ class SemanticSearch:
 def _user_filter_errors(user_filter: str | None) -> Iterator[None]:
     """Word a backend's expression error with the filter as the user wrote it.
 
-    The store sees the filter combined with other conditions, in parentheses.
+    The store receives the filter combined with other conditions, in parentheses.
     """
     from .errors import FilterError
     from .store import filter_error

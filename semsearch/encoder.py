@@ -414,7 +414,7 @@ def _resolve_cuda(device: str) -> str:
 
 
 def resolve_backend(backend: Backend, device: str, precision: str) -> str:
-    """Pick "torch" or "onnx" for a resolved device, as the Encoder docstring says."""
+    """Pick "torch" or "onnx" for a resolved device, following the rule in the Encoder docstring."""
     from semsearch.backends import onnxruntime_installed
 
     if backend not in _BACKENDS:

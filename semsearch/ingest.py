@@ -246,7 +246,7 @@ def plan_prune(
 ) -> list[str]:
     """Return the ids of stored documents that a prune deletes.
 
-    ``stored`` holds ``(doc_id, source, root)`` of documents recorded under the
+    ``stored`` contains ``(doc_id, source, root)`` of documents recorded under the
     roots of this run, ``listed`` the ``(root, source)`` pairs that this run
     loaded documents from. A document goes when this run did not produce it and
     either its source file no longer exists, or the file was loaded and no
@@ -299,7 +299,7 @@ class Ingester:
         ``ingest_root`` metadata) that this run no longer finds are deleted, as
         ``plan_prune`` decides. With ``dry_run``, documents are loaded, chunked
         and compared but nothing is embedded or written, and no collection is
-        created; the report holds the plan.
+        created; the report contains the plan.
         """
         report = report or IngestReport()
         report.dry_run = dry_run

@@ -162,7 +162,7 @@ def count_documents(
     """Return how many documents ``iter_documents`` will yield, or None if unknown.
 
     The count walks the folders without reading any file, so it is exact only when
-    every input holds one document: a JSONL, CSV or Parquet file holds an unknown
+    every input contains one document: a JSONL, CSV or Parquet file contains an unknown
     number of records, and then the result is None. A ``manifest.jsonl`` is not
     counted. Missing paths count as nothing; ``iter_documents`` reports them.
     """

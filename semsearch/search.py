@@ -34,7 +34,7 @@ MAX_CANDIDATES = 16_384
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How a query is answered.
+    """Options for one search request.
 
     ``bm25_scale`` is the BM25 score that normalised fusion maps to 0.5, and
     ``hybrid_weights`` weighs the dense and BM25 lists in that order. A grid
@@ -83,7 +83,7 @@ class SearchOptions:
 
 
 class Searcher:
-    """Answers queries against one store with one encoder."""
+    """Search one store with one encoder."""
 
     def __init__(
         self,
@@ -102,7 +102,7 @@ class Searcher:
         expression: str = "",
         vectors: np.ndarray | None = None,
     ) -> list[list[Hit]]:
-        """Answer each query; ``vectors`` are their embeddings, if already computed."""
+        """Search each query. ``vectors`` are their embeddings, if already computed."""
         options.validate()
         if not queries:
             return []

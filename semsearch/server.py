@@ -380,7 +380,7 @@ def _add_routes(app: FastAPI, engine: SemanticSearch) -> None:
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> dict[str, str]:
-        """Return 200 while the Milvus backend answers, 503 when it does not."""
+        """Return 200 while the Milvus backend responds, 503 when it does not."""
         await run_in_threadpool(engine.store.exists)
         return {"status": "ok"}
 

@@ -34,7 +34,7 @@ class Settings:
     model: str | None = None
     device: str = "auto"
     # Encoder runtime ("auto", "torch" or "onnx") and precision ("auto", "fp32",
-    # "fp16", "bf16" or "int8"); the Encoder docstring says what "auto" picks.
+    # "fp16", "bf16" or "int8"); the Encoder docstring describes what "auto" picks.
     backend: str = "auto"
     precision: str = "auto"
     chunk_size: int | None = None

@@ -395,7 +395,7 @@ def default_index_params(index_type: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a Milvus backend serves, found by asking it.
+    """The features of a Milvus backend, found by asking it.
 
     ``index_types`` lists the vector index types the backend builds. For Milvus
     Lite they are read from the installed milvus_lite package, and for a server

@@ -43,8 +43,8 @@ def lite_uri(tmp_path: Path) -> str:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Connection settings for a fresh collection on each backend.
 
-    Lite gets its own file per test; the server is shared by the session, so each
-    test gets a collection with a unique name and drops it afterwards.
+    Lite gets its own file per test. The server is shared by the whole test run,
+    so each test gets a collection with a unique name and drops it afterwards.
     """
     if request.param == "lite":
         yield {"uri": str(tmp_path / "semsearch.db"), "collection": "semsearch"}
