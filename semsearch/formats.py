@@ -228,6 +228,128 @@ def read_text(path: Path, source: str) -> str:
     return decode_bytes(path.read_bytes(), source)
 
 
+# Block size for reading large text files as a stream.
+STREAM_BLOCK_BYTES = 1 << 20
+# Bytes of a large file that encoding detection looks at.
+_SNIFF_BYTES = 1 << 20
+_CP1252_FALLBACK = "semsearch-cp1252"
+
+
+def _cp1252_fallback(error: UnicodeError) -> tuple[str, int]:
+    """Read each byte that is not UTF-8 as cp1252 (Latin-1 for its five gaps)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    chars = []
+    for byte in error.object[error.start : error.end]:
+        try:
+            chars.append(bytes([byte]).decode("cp1252"))
+        except UnicodeDecodeError:
+            chars.append(bytes([byte]).decode("latin-1"))
+    return "".join(chars), error.end
+
+
+codecs.register_error(_CP1252_FALLBACK, _cp1252_fallback)
+
+
+def iter_text_blocks(path: Path, source: str) -> Iterator[str]:
+    """Decode a text file block by block, with ``\\n`` line endings.
+
+    The result joined is what :func:`read_text` returns for the same file, except
+    that a file mixing UTF-8 with stray single bytes is recognised from its first
+    megabyte only. Memory stays at a few blocks whatever the file size. The
+    encoding is chosen and checked over the whole file before the first block is
+    yielded, so a file that cannot be decoded raises ``LoadError`` up front.
+    """
+    encoding, errors = _stream_encoding(path, source)
+    decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
+    carry = ""
+    with path.open("rb") as stream:
+        while True:
+            block = stream.read(STREAM_BLOCK_BYTES)
+            text = carry + decoder.decode(block, final=not block)
+            # A CR at the end of a block may be the first half of a CRLF.
+            carry = "\r" if block and text.endswith("\r") else ""
+            if carry:
+                text = text[:-1]
+            if text:
+                yield _normalise_newlines(text)
+            if not block:
+                return
+
+
+def _stream_encoding(path: Path, source: str) -> tuple[str, str]:
+    """Return the codec name and error handler that decode the whole file."""
+    with path.open("rb") as stream:
+        sample = stream.read(_SNIFF_BYTES)
+    for bom, encoding in _BOMS:
+        if sample.startswith(bom):
+            _check_stream(path, source, encoding, "strict")
+            return encoding, "strict"
+    if b"\x00" in sample:
+        raise LoadError(
+            source,
+            "contains NUL bytes and no UTF-16/UTF-32 byte order mark, so it looks "
+            "like a binary file; exclude it or convert it to text",
+        )
+    if _first_invalid_byte(path, "utf-8", "strict") is None:
+        return "utf-8", "strict"
+    # Cut the sample where a whole character ends, then decide as read_text does.
+    head = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode(sample)
+    if any("\x80" <= char < "\udc80" or char > "\udcff" for char in head):
+        logger.info("%s: decoded as UTF-8, reading invalid bytes as cp1252", source)
+        return "utf-8", _CP1252_FALLBACK
+    encoding = _detected_encoding(sample, source)
+    _check_stream(path, source, encoding, "strict")
+    return encoding, "strict"
+
+
+def _detected_encoding(sample: bytes, source: str) -> str:
+    """Return the encoding ``_decode_detected`` picks for ``sample``."""
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(sample))
+    candidates = [match.encoding for match in matches]
+    if matches and (_prefers_cp1252(matches) or _is_western_cp1252(sample)):
+        candidates.insert(0, "cp1252")
+    for encoding in candidates:
+        try:
+            codecs.getincrementaldecoder(encoding)().decode(sample)
+        except UnicodeDecodeError:
+            continue
+        return encoding
+    raise LoadError(
+        source,
+        "is not UTF-8 and its encoding could not be detected; "
+        "convert it to UTF-8 or exclude it",
+    )
+
+
+def _first_invalid_byte(path: Path, encoding: str, errors: str) -> int | None:
+    """Return the offset of the first byte ``encoding`` rejects, or None."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
+    offset = 0
+    with path.open("rb") as stream:
+        while True:
+            block = stream.read(STREAM_BLOCK_BYTES)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                return max(0, offset + exc.start)
+            if not block:
+                return None
+            offset += len(block)
+
+
+def _check_stream(path: Path, source: str, encoding: str, errors: str) -> None:
+    where = _first_invalid_byte(path, encoding, errors)
+    if where is not None:
+        raise LoadError(
+            source,
+            f"is not valid {encoding.upper()} near byte {where}, although its start "
+            "reads as that encoding; convert it to UTF-8 or exclude it",
+        )
+
+
 # --- markdown -----------------------------------------------------------------
 
 

@@ -305,6 +305,11 @@ class Ingester:
         report.dry_run = dry_run
         started = time.perf_counter()
         self._has_collection = self._open(dry_run)
+        logger.info(
+            "%s collection %s",
+            "comparing with" if dry_run else "syncing into",
+            self.store.collection,
+        )
 
         prepared: queue.Queue[Any] = queue.Queue(maxsize=self.queue_batches)
         writes: queue.Queue[Any] = queue.Queue(maxsize=2)

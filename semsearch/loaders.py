@@ -44,6 +44,7 @@ _FORMATS: dict[str, str] = {
     ".pdf": "pdf",
 }
 _RECORD_FORMATS = frozenset({"jsonl", "csv", "parquet"})
+_STREAMED_FORMATS = frozenset({"text", "markdown"})
 MANIFEST_NAME = "manifest.jsonl"
 # Manifest keys that describe the file itself, not the document, so they are not
 # copied into metadata. "path" locates the file and "title" becomes the title.
@@ -54,6 +55,13 @@ _DEFAULT_ID_FIELDS = ("id", "_id")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The default skip handler logs this many warnings per call, then only a count.
 _MAX_SKIP_WARNINGS = 20
+# Text and Markdown files larger than this many bytes are read as a stream and
+# split into sections of at most this many characters, each its own document.
+SECTION_CHARS = 1_000_000
+# A section ends at the last paragraph break, else line break, else space in
+# its final tenth, so sections stay close to SECTION_CHARS.
+_SECTION_CUT_WINDOW = 0.1
+_SECTION_BREAKS = ("\n\n", "\n", " ")
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class _Options:
     extra_metadata: dict[str, Any]
     report: Callable[[SkippedInput], None]
     manifests: dict[str, _ManifestEntry] = field(default_factory=dict)
+    section_chars: int = SECTION_CHARS
 
 
 def iter_documents(
@@ -116,6 +125,7 @@ def iter_documents(
     title_field: str | None = "title",
     extra_metadata: Mapping[str, Any] | None = None,
     on_skip: Callable[[SkippedInput], None] | None = None,
+    section_chars: int | None = None,
 ) -> Iterator[Document]:
     """Stream documents from files and folders (recursive), one at a time.
 
@@ -125,6 +135,13 @@ def iter_documents(
     without ``/`` matches the file name at any depth. Files with an unsupported
     suffix inside folders are ignored. A ``manifest.jsonl`` with ``path`` keys in
     a walked folder supplies titles and metadata for the files it lists.
+
+    A text or Markdown file larger than ``section_chars`` bytes (default
+    ``SECTION_CHARS``) is decoded as a stream and split at paragraph breaks into sections of at most
+    ``section_chars`` characters. Each section is a document: the first keeps
+    the file's id, section ``n`` gets ``<source>#section-<n>``, and its metadata
+    holds ``section`` and ``section_start`` (its first character's offset in the
+    file's text), so memory stays bounded whatever the file size.
 
     Raises:
         LoadError: a path does not exist.
@@ -138,6 +155,7 @@ def iter_documents(
         title_field=title_field,
         extra_metadata=dict(extra_metadata or {}),
         report=on_skip or warnings,
+        section_chars=section_chars or SECTION_CHARS,
     )
     # Check every path before loading any, so a typo fails before work starts.
     given = [Path(raw) for raw in paths]
@@ -158,12 +176,14 @@ def count_documents(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    section_chars: int | None = None,
 ) -> int | None:
     """Return how many documents ``iter_documents`` will yield, or None if unknown.
 
     The count walks the folders without reading any file, so it is exact only when
     every input contains one document: a JSONL, CSV or Parquet file contains an unknown
-    number of records, and then the result is None. A ``manifest.jsonl`` is not
+    number of records, and a text file larger than ``section_chars`` an unknown
+    number of sections, and then the result is None. A ``manifest.jsonl`` is not
     counted. Missing paths count as nothing; ``iter_documents`` reports them.
     """
     options = _Options(
@@ -187,7 +207,11 @@ def count_documents(
         for file_path, source in candidates:
             if not _is_selected(source, options):
                 continue
-            if _FORMATS.get(file_path.suffix.lower()) in ("jsonl", "csv", "parquet"):
+            kind = _FORMATS.get(file_path.suffix.lower())
+            if kind in _RECORD_FORMATS:
+                return None
+            limit = section_chars or SECTION_CHARS
+            if kind in _STREAMED_FORMATS and _is_large(file_path, limit):
                 return None
             total += 1
     return total
@@ -425,6 +449,8 @@ def _load_file(path: Path, source: str, options: _Options) -> Iterator[Document]
         base = {"format": kind, "modified": _modified(path)}
         if kind in _RECORD_FORMATS:
             yield from _load_records(path, source, kind, base, options)
+        elif kind in _STREAMED_FORMATS and _is_large(path, options.section_chars):
+            yield from _load_sections(path, source, kind, base, options)
         else:
             document = _load_text_file(path, source, kind, base, options)
             if document is not None:
@@ -456,6 +482,74 @@ def _load_text_file(
     metadata.update(base)
     metadata.update(options.extra_metadata)
     return _make_document(source, source, title or path.stem, text, metadata)
+
+
+def _is_large(path: Path, section_chars: int) -> bool:
+    try:
+        return path.stat().st_size > section_chars
+    except OSError:
+        return False
+
+
+def _load_sections(
+    path: Path, source: str, kind: str, base: dict[str, Any], options: _Options
+) -> Iterator[Document]:
+    """Yield the sections of a large text or Markdown file as documents.
+
+    Sections with no visible text are left out; the numbering still counts them,
+    so the ids of the other sections do not move.
+    """
+    entry = options.manifests.get(_file_key(path))
+    title = entry.title if entry and entry.title else None
+    visible = False
+    start = 0
+    blocks = formats.iter_text_blocks(path, source)
+    for number, text in enumerate(split_sections(blocks, options.section_chars), 1):
+        if number == 1 and title is None and kind == "markdown":
+            title = formats.markdown_title(text)
+        if text.strip():
+            visible = True
+            metadata = dict(entry.metadata) if entry else {}
+            metadata.update(base)
+            metadata.update(options.extra_metadata)
+            metadata.update({"section": number, "section_start": start})
+            doc_id = source if number == 1 else f"{source}#section-{number}"
+            yield _make_document(doc_id, source, title or path.stem, text, metadata)
+        start += len(text)
+    if not visible:
+        options.report(SkippedInput(source, "empty document; it has no text to index"))
+
+
+def split_sections(blocks: Iterable[str], section_chars: int) -> Iterator[str]:
+    """Regroup text blocks into sections of at most ``section_chars`` characters.
+
+    A section ends after the last paragraph break in its final tenth, else the
+    last line break, else the last space, else at exactly ``section_chars``.
+    Joined, the sections are the input text.
+    """
+    if section_chars < 1:
+        raise ConfigError(f"section size must be at least 1, got {section_chars}")
+    buffer = ""
+    for block in blocks:
+        buffer += block
+        start = 0
+        while len(buffer) - start > section_chars:
+            cut = _section_cut(buffer, start, section_chars)
+            yield buffer[start:cut]
+            start = cut
+        buffer = buffer[start:]
+    if buffer:
+        yield buffer
+
+
+def _section_cut(text: str, start: int, section_chars: int) -> int:
+    limit = start + section_chars
+    floor = limit - max(1, int(section_chars * _SECTION_CUT_WINDOW))
+    for separator in _SECTION_BREAKS:
+        found = text.rfind(separator, floor, limit)
+        if found > start:
+            return found + len(separator)
+    return limit
 
 
 def _read_text_format(path: Path, source: str, kind: str) -> tuple[str | None, str]:
