@@ -201,6 +201,48 @@ def test_onnx_export_failure_leaves_no_file(
     assert list(cache.iterdir()) == []
 
 
+def _operators(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_onnx_fp32_graph_is_fused(onnx_encoder: Encoder) -> None:
+    assert onnx_encoder.onnx_path is not None
+    operators = _operators(onnx_encoder.onnx_path)
+
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= (
+        operators
+    )
+    assert "Softmax" not in operators
+
+
+def test_onnx_int8_quantises_fused_attention(int8_encoder: Encoder) -> None:
+    assert int8_encoder.onnx_path is not None
+    operators = _operators(int8_encoder.onnx_path)
+
+    assert "QAttention" in operators
+    assert "Attention" not in operators
+
+
+def test_fusion_rejected_keeps_plain_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_encoder: Encoder
+) -> None:
+    from semsearch import onnx_export
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # A negative tolerance rejects every fused graph, as a numeric mismatch would.
+    monkeypatch.setattr(onnx_export, "FUSION_TOLERANCE", -1.0)
+    encoder = Encoder(torch_encoder.spec, device="cpu", backend="onnx")
+    texts = SHORT_TEXTS[:3]
+
+    assert encoder.onnx_path is not None
+    assert "Attention" not in _operators(encoder.onnx_path)
+    assert "Softmax" in _operators(encoder.onnx_path)
+    cosines = _cosines(encoder.encode(texts), torch_encoder.encode(texts))
+    assert cosines.min() >= 0.9999
+
+
 # -- pooling in numpy ----------------------------------------------------------
 
 
