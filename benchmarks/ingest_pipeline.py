@@ -9,7 +9,13 @@ model load, caches and peak RSS belong to one side only:
 
 Both time only the work after the model is loaded.
 
+A second table runs the ingest side alone on two corpus sizes ten times apart
+(--memory-passages) and compares their peak RSS: the pipeline's bounded queues
+should keep it flat. The Milvus Lite server is a separate process and is not
+counted; it stores the collection's rows and grows with them.
+
     python benchmarks/ingest_pipeline.py --passages 400 --repeats 3
+    python benchmarks/ingest_pipeline.py --memory-passages 300 3000
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     machine,
     median,
     parser,
@@ -76,20 +82,40 @@ def main() -> None:
     arguments = parser(__doc__)
     arguments.add_argument("--passages", type=int, default=400)
     arguments.add_argument("--side", choices=["encoder", "ingest"], help=argparse_hidden())
+    arguments.add_argument(
+        "--memory-passages", type=int, nargs=2, metavar=("SMALL", "LARGE"),
+        help="Also compare the ingest's peak RSS on these two corpus sizes",
+    )  # fmt: skip
+    arguments.add_argument(
+        "--skip-throughput", action="store_true", help="Run the memory table only"
+    )
     args = arguments.parse_args()
     if args.side:
         print(json.dumps(run_side(args.side, args.scifact, args.passages)))
         return
 
+    memory = []
+    if args.memory_passages:
+        for count in args.memory_passages:
+            memory.append(_child("ingest", args.scifact, count) | {"passages": count})
+        anchor = memory[0]["peak_rss_mib"]
+        print_table(
+            ["passages", "chunks", "seconds", "peak RSS MiB", "x smaller corpus"],
+            [
+                [r["passages"], r["chunks"], f"{r['seconds']:.1f}",
+                 f"{r['peak_rss_mib']:.0f}", f"{r['peak_rss_mib'] / anchor:.2f}"]
+                for r in memory
+            ],
+        )  # fmt: skip
+        print()
+    if args.skip_throughput:
+        write_json(args.json, "ingest_memory.json", {"machine": machine(), "memory": memory})
+        return
+
     results: dict[str, list[dict]] = {"encoder": [], "ingest": []}
     for _ in range(args.repeats):
         for side in ("encoder", "ingest"):
-            output = subprocess.run(
-                [sys.executable, __file__, "--side", side, "--scifact", str(args.scifact),
-                 "--passages", str(args.passages)],
-                capture_output=True, text=True, check=True,
-            ).stdout
-            results[side].append(json.loads(output.strip().splitlines()[-1]))
+            results[side].append(_child(side, args.scifact, args.passages))
 
     encoder_rate = median([r["chunks"] / r["seconds"] for r in results["encoder"]])
     ingest_rate = median([r["chunks"] / r["seconds"] for r in results["ingest"]])
@@ -101,7 +127,17 @@ def main() -> None:
     ]
     print_table(["pipeline", "chunks/s", "x anchor", "peak RSS MiB"], rows)
     write_json(args.json, "ingest_pipeline.json",
-               {"machine": machine(), "passages": args.passages, "runs": results})
+               {"machine": machine(), "passages": args.passages, "runs": results,
+                "memory": memory})
+
+
+def _child(side: str, scifact: Path, passages: int) -> dict:
+    output = subprocess.run(
+        [sys.executable, __file__, "--side", side, "--scifact", str(scifact),
+         "--passages", str(passages)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def argparse_hidden() -> str:

@@ -7,6 +7,7 @@ field, so queries and documents are analysed the same way on every backend.
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -24,17 +25,39 @@ STOP_WORDS = frozenset(
 )
 
 
+# Stems of words seen so far. Stemming runs in pure Python and dominated the
+# cost of an upsert; words repeat, so a lookup answers most of them.
+_STEMS: dict[str, str] = {}
+_STEMS_MAX = 500_000
+_STEMMER_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=1)
 def _stemmer():
-    import snowballstemmer
+    # The pure-Python English stemmer, never PyStemmer, which
+    # snowballstemmer.stemmer() picks when installed: PyStemmer 3.0 stems some
+    # words differently ("international" to "intern", not "internat"), and
+    # documents and queries must be stemmed alike.
+    from snowballstemmer.english_stemmer import EnglishStemmer
 
-    return snowballstemmer.stemmer("english")
+    return EnglishStemmer()
 
 
 def analyze(text: str) -> list[str]:
     """Return the BM25 terms of ``text``."""
     words = [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS]
-    return _stemmer().stemWords(words)
+    stems = {word: _STEMS.get(word) for word in words}
+    unknown = [word for word, stem in stems.items() if stem is None]
+    if unknown:
+        # The stemmer keeps its working string in the object, so one thread
+        # at a time may use it.
+        with _STEMMER_LOCK:
+            found = _stemmer().stemWords(unknown)
+        stems.update(zip(unknown, found))
+        if len(_STEMS) + len(unknown) > _STEMS_MAX:
+            _STEMS.clear()
+        _STEMS.update(zip(unknown, found))
+    return [stems[word] for word in words]
 
 
 def lexical_text(text: str) -> str:

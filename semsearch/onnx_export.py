@@ -55,9 +55,9 @@ FUSABLE_MODEL_TYPES = frozenset(
 # against the plain export on a probe batch before it is discarded.
 FUSION_TOLERANCE = 1e-3
 # Per-channel int8 weights on the MatMuls with constant weights and on the fused
-# attention's projections: on SciFact passages the default (per-tensor,
-# embeddings and attention products included) fell to a cosine of 0.90 against
-# fp32, and this keeps the mean above 0.99.
+# attention's projections. On SciFact passages the default (per-tensor, with
+# embeddings and attention products) fell to a cosine of 0.90 against fp32,
+# and these settings keep the mean above 0.99.
 QUANTIZATION_SETTINGS: dict[str, object] = {
     "method": "onnxruntime.quantize_dynamic",
     "weight_type": "QInt8",
@@ -163,8 +163,8 @@ def fuse_transformer(path: Path, *, heads: int, hidden: int, vocab_size: int) ->
     Fused attention, embedding and skip layer norms and GELU run about 5 % faster
     on CPU and let int8 quantise the attention projections too. The fused graph
     is kept only if its output on a padded probe batch matches the plain graph
-    within ``FUSION_TOLERANCE``; otherwise the plain graph stays and a warning
-    says so. Returns whether the fused graph was kept.
+    within ``FUSION_TOLERANCE``. Otherwise the plain graph stays and a warning
+    is logged. Returns whether the fused graph was kept.
     """
     from onnxruntime.transformers.optimizer import optimize_model
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semsearch import SemanticSearch, formats, loaders
-from semsearch.errors import LoadError
+from semsearch.errors import ConfigError, LoadError
 from semsearch.loaders import count_documents, iter_documents, split_sections
 
 PARAGRAPH = (
@@ -57,7 +57,7 @@ def test_split_sections_prefers_paragraph_breaks():
 
 
 def test_split_sections_rejects_zero_size():
-    with pytest.raises(Exception, match="at least 1"):
+    with pytest.raises(ConfigError, match="at least 1"):
         list(split_sections(["abc"], 0))
 
 
