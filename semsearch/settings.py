@@ -39,7 +39,9 @@ class Settings:
     precision: str = "auto"
     chunk_size: int | None = None
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
-    batch_tokens: int = 16_384
+    # Padded tokens per encoder batch; None picks the encoder's default for
+    # the device and backend.
+    batch_tokens: int | None = None
     token: str | None = field(default=None, repr=False)
     # The vector index of collections semsearch creates; None picks FLAT on
     # Milvus Lite and HNSW on a server. index_params are its build parameters.

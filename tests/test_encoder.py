@@ -356,3 +356,21 @@ def test_l2_normalize_zero_row() -> None:
 
     assert torch.allclose(result[0], torch.tensor([0.6, 0.8]))
     assert result[1].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("device", "backend", "expected"),
+    [("cpu", "onnx", 512), ("cpu", "torch", 2048), ("cuda", "torch", 16384),
+     ("cuda:1", "torch", 16384), ("mps", "torch", 16384)],
+)  # fmt: skip
+def test_default_batch_tokens(device: str, backend: str, expected: int) -> None:
+    from semsearch.encoder import default_batch_tokens
+
+    assert default_batch_tokens(device, backend) == expected
+
+
+def test_encoder_batch_tokens_default_and_override(encoder: Encoder) -> None:
+    explicit = Encoder(encoder.spec, device="cpu", backend="torch", batch_tokens=300)
+
+    assert encoder.batch_tokens == (512 if encoder.backend == "onnx" else 2048)
+    assert explicit.batch_tokens == 300
