@@ -54,13 +54,19 @@ def _documents(passages: list[str]):
         )
 
 
-def run_side(side: str, scifact: Path, count: int) -> dict:
-    """Run one side in this process and return its timing and peak RSS."""
+def run_side(side: str, scifact: Path, count: int, uri: str | None = None) -> dict:
+    """Run one side in this process and return its timing and peak RSS.
+
+    With ``uri`` (a Milvus server), the ingest writes a new collection there,
+    which is dropped at the end.
+    """
     from semsearch import SemanticSearch
 
     passages = read_passages(scifact, count)
+    collection = f"ingest_bench_{count}"
     with tempfile.TemporaryDirectory() as folder:
-        with SemanticSearch(uri=str(Path(folder) / "bench.db")) as engine:
+        target = uri or str(Path(folder) / "bench.db")
+        with SemanticSearch(uri=target, collection=collection) as engine:
             chunker = engine.chunker  # loads the model and tokenizer
             engine.encoder.encode_passages(["warm up"])
             if side == "encoder":
@@ -74,6 +80,8 @@ def run_side(side: str, scifact: Path, count: int) -> dict:
                 report = engine.ingest_documents(_documents(passages))
                 seconds = time.perf_counter() - started
                 count_chunks = report.chunks
+                if uri:
+                    engine.store.drop()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"side": side, "seconds": seconds, "chunks": count_chunks, "peak_rss_mib": peak_kib / 1024}
 
@@ -89,15 +97,21 @@ def main() -> None:
     arguments.add_argument(
         "--skip-throughput", action="store_true", help="Run the memory table only"
     )
+    arguments.add_argument(
+        "--memory-server",
+        action="store_true",
+        help="Ingest the memory table's corpora into a Milvus 2.3.5 server started "
+        "for the run, so the rows live outside the measured process",
+    )
+    arguments.add_argument("--uri", help=argparse_hidden())
     args = arguments.parse_args()
     if args.side:
-        print(json.dumps(run_side(args.side, args.scifact, args.passages)))
+        print(json.dumps(run_side(args.side, args.scifact, args.passages, args.uri)))
         return
 
     memory = []
     if args.memory_passages:
-        for count in args.memory_passages:
-            memory.append(_child("ingest", args.scifact, count) | {"passages": count})
+        memory = _memory_runs(args)
         anchor = memory[0]["peak_rss_mib"]
         print_table(
             ["passages", "chunks", "seconds", "peak RSS MiB", "x smaller corpus"],
@@ -131,12 +145,34 @@ def main() -> None:
                 "memory": memory})
 
 
-def _child(side: str, scifact: Path, passages: int) -> dict:
-    output = subprocess.run(
-        [sys.executable, __file__, "--side", side, "--scifact", str(scifact),
-         "--passages", str(passages)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+def _memory_runs(args) -> list[dict]:
+    if not args.memory_server:
+        return [
+            _child("ingest", args.scifact, count) | {"passages": count}
+            for count in args.memory_passages
+        ]
+    from tests.milvus_server import start_milvus_server
+
+    with tempfile.TemporaryDirectory(prefix="semsearch-ingest-server-") as folder:
+        server = start_milvus_server(Path(folder))
+        try:
+            return [
+                _child("ingest", args.scifact, count, server.uri)
+                | {"passages": count, "store": "Milvus 2.3.5 server"}
+                for count in args.memory_passages
+            ]
+        finally:
+            server.stop()
+
+
+def _child(side: str, scifact: Path, passages: int, uri: str | None = None) -> dict:
+    command = [
+        sys.executable, __file__, "--side", side, "--scifact", str(scifact),
+        "--passages", str(passages),
+    ]  # fmt: skip
+    if uri:
+        command += ["--uri", uri]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
