@@ -2,9 +2,9 @@
 
 Every figure is a median over --repeats rounds. In each round the anchor
 (sentence-transformers encode of the same model) and then each variant run one
-after another, each in a fresh process, so ratios compare runs made under the
-same machine load, and the thread pools of torch and ONNX Runtime, which keep
-spinning for a while after each call, never compete inside one process. Each
+after another, each in a fresh process. Ratios therefore compare runs made under
+the same machine load. The thread pools of torch and ONNX Runtime keep spinning
+for a while after each call, and separate processes keep them from competing. Each
 process loads its model, warms up, encodes the passages at batch sizes 32 and
 64, then embeds each query alone.
 
@@ -119,7 +119,7 @@ def run_child(name: str, options, embeddings_path: Path) -> dict:
 
 
 def count_tokens(passages: list[str]) -> list[int]:
-    """Count each passage's tokens as the model sees them (specials, 256 at most)."""
+    """Count each passage's model input tokens (special tokens included, 256 at most)."""
     from tokenizers import Tokenizer
 
     from semsearch.models import resolve_model

@@ -26,7 +26,7 @@ STOP_WORDS = frozenset(
 
 
 # Stems of words seen so far. Stemming runs in pure Python and dominated the
-# cost of an upsert; words repeat, so a lookup answers most of them.
+# cost of an upsert. Words repeat, so most of them are found here.
 _STEMS: dict[str, str] = {}
 _STEMS_MAX = 500_000
 _STEMMER_LOCK = threading.Lock()
@@ -35,8 +35,8 @@ _STEMMER_LOCK = threading.Lock()
 @lru_cache(maxsize=1)
 def _stemmer():
     # The pure-Python English stemmer, never PyStemmer, which
-    # snowballstemmer.stemmer() picks when installed: PyStemmer 3.0 stems some
-    # words differently ("international" to "intern", not "internat"), and
+    # snowballstemmer.stemmer() picks when it is installed. PyStemmer 3.0 stems
+    # some words differently ("international" to "intern", not "internat"), and
     # documents and queries must be stemmed alike.
     from snowballstemmer.english_stemmer import EnglishStemmer
 
