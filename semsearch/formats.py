@@ -254,11 +254,14 @@ codecs.register_error(_CP1252_FALLBACK, _cp1252_fallback)
 def iter_text_blocks(path: Path, source: str) -> Iterator[str]:
     """Decode a text file block by block, with ``\\n`` line endings.
 
-    The result joined is what :func:`read_text` returns for the same file, except
-    that a file mixing UTF-8 with stray single bytes is recognised from its first
-    megabyte only. Memory stays at a few blocks whatever the file size. The
-    encoding is chosen and checked over the whole file before the first block is
-    yielded, so a file that cannot be decoded raises ``LoadError`` up front.
+    The result joined is what :func:`read_text` returns for the same file, with
+    one exception. UTF-8 with stray single bytes is recognised only when the
+    first megabyte already contains valid multi-byte UTF-8, and encodings are
+    detected from that megabyte. So such a file can decode differently, or fail
+    with ``LoadError`` where :func:`read_text` would decode it. Memory stays at
+    a few blocks whatever the file size. The encoding is chosen and checked over
+    the whole file before the first block is yielded, so a file that cannot be
+    decoded raises ``LoadError`` up front.
     """
     encoding, errors = _stream_encoding(path, source)
     decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
@@ -285,7 +288,7 @@ def _stream_encoding(path: Path, source: str) -> tuple[str, str]:
         if sample.startswith(bom):
             _check_stream(path, source, encoding, "strict")
             return encoding, "strict"
-    if b"\x00" in sample:
+    if _contains_nul(path):
         raise LoadError(
             source,
             "contains NUL bytes and no UTF-16/UTF-32 byte order mark, so it looks "
@@ -298,30 +301,47 @@ def _stream_encoding(path: Path, source: str) -> tuple[str, str]:
     if any("\x80" <= char < "\udc80" or char > "\udcff" for char in head):
         logger.info("%s: decoded as UTF-8, reading invalid bytes as cp1252", source)
         return "utf-8", _CP1252_FALLBACK
-    encoding = _detected_encoding(sample, source)
-    _check_stream(path, source, encoding, "strict")
-    return encoding, "strict"
+    candidates = _detected_encodings(sample)
+    for encoding in candidates:
+        if _first_invalid_byte(path, encoding, "strict") is None:
+            return encoding, "strict"
+    if not candidates:
+        raise LoadError(
+            source,
+            "is not UTF-8 and its encoding could not be detected; "
+            "convert it to UTF-8 or exclude it",
+        )
+    raise LoadError(
+        source,
+        f"is not valid in any encoding detected from its start "
+        f"({', '.join(candidates)}); convert it to UTF-8 or exclude it",
+    )
 
 
-def _detected_encoding(sample: bytes, source: str) -> str:
-    """Return the encoding ``_decode_detected`` picks for ``sample``."""
+def _contains_nul(path: Path) -> bool:
+    with path.open("rb") as stream:
+        while block := stream.read(STREAM_BLOCK_BYTES):
+            if b"\x00" in block:
+                return True
+    return False
+
+
+def _detected_encodings(sample: bytes) -> list[str]:
+    """Return the encodings that decode ``sample``, in ``_decode_detected``'s order."""
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(sample))
     candidates = [match.encoding for match in matches]
     if matches and (_prefers_cp1252(matches) or _is_western_cp1252(sample)):
         candidates.insert(0, "cp1252")
-    for encoding in candidates:
+    usable = []
+    for encoding in dict.fromkeys(candidates):
         try:
             codecs.getincrementaldecoder(encoding)().decode(sample)
         except UnicodeDecodeError:
             continue
-        return encoding
-    raise LoadError(
-        source,
-        "is not UTF-8 and its encoding could not be detected; "
-        "convert it to UTF-8 or exclude it",
-    )
+        usable.append(encoding)
+    return usable
 
 
 def _first_invalid_byte(path: Path, encoding: str, errors: str) -> int | None:

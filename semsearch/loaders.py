@@ -145,7 +145,9 @@ def iter_documents(
 
     Raises:
         LoadError: a path does not exist.
+        ConfigError: ``section_chars`` is smaller than 1.
     """
+    section_chars = _check_section_chars(section_chars)
     warnings = _SkipWarnings()
     options = _Options(
         include=[_compile_glob(pattern) for pattern in include],
@@ -155,7 +157,7 @@ def iter_documents(
         title_field=title_field,
         extra_metadata=dict(extra_metadata or {}),
         report=on_skip or warnings,
-        section_chars=section_chars or SECTION_CHARS,
+        section_chars=section_chars,
     )
     # Check every path before loading any, so a typo fails before work starts.
     given = [Path(raw) for raw in paths]
@@ -186,6 +188,7 @@ def count_documents(
     number of sections, and then the result is None. A ``manifest.jsonl`` is not
     counted. Missing paths count as nothing; ``iter_documents`` reports them.
     """
+    limit = _check_section_chars(section_chars)
     options = _Options(
         include=[_compile_glob(pattern) for pattern in include],
         exclude=[_compile_glob(pattern) for pattern in exclude],
@@ -210,11 +213,21 @@ def count_documents(
             kind = _FORMATS.get(file_path.suffix.lower())
             if kind in _RECORD_FORMATS:
                 return None
-            limit = section_chars or SECTION_CHARS
             if kind in _STREAMED_FORMATS and _is_large(file_path, limit):
                 return None
             total += 1
     return total
+
+
+def _check_section_chars(section_chars: int | None) -> int:
+    """Return ``section_chars``, or the default for None; reject sizes below 1."""
+    if section_chars is None:
+        return SECTION_CHARS
+    if section_chars < 1:
+        raise ConfigError(
+            f"invalid section size {section_chars}: use at least 1 character"
+        )
+    return section_chars
 
 
 def _count_walk(root: Path, folder: Path) -> list[tuple[Path, str]]:

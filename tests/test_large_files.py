@@ -215,3 +215,45 @@ def test_sectioned_file_syncs_section_by_section(tmp_path, encoder, monkeypatch)
         chunks = sorted(by_section[number], key=lambda row: row["ordinal"])
         stored_text += " ".join(row["text"] for row in chunks) + " "
     assert stored_text.split() == path.read_text().split()
+
+
+def test_nul_after_sniffed_start_rejected(tmp_path, monkeypatch):
+    monkeypatch.setattr(formats, "_SNIFF_BYTES", 64)
+    monkeypatch.setattr(formats, "STREAM_BLOCK_BYTES", 64)
+    path = tmp_path / "late-nul.txt"
+    path.write_bytes(b"plain text line\n" * 20 + b"tail \x00 byte\n")
+    skipped = []
+
+    documents = list(iter_documents([path], section_chars=100, on_skip=skipped.append))
+
+    assert documents == []
+    assert len(skipped) == 1
+    assert "NUL bytes" in skipped[0].reason
+
+
+def test_detection_falls_back_to_next_encoding(tmp_path, monkeypatch):
+    # Western text sniffs as cp1252, but 0x81 after the sniffed start is
+    # undefined there; read_text then takes the next detected encoding.
+    monkeypatch.setattr(formats, "_SNIFF_BYTES", 256)
+    monkeypatch.setattr(formats, "STREAM_BLOCK_BYTES", 64)
+    path = tmp_path / "late-81.txt"
+    line = "Café crème, naïve déjà vu.\n".encode("cp1252")
+    path.write_bytes(line * 20 + b"x \x81 y\n")
+    skipped = []
+
+    documents = list(iter_documents([path], section_chars=100, on_skip=skipped.append))
+
+    assert skipped == []
+    assert sum(document.text.count("\n") for document in documents) == 21
+    assert documents[0].text.startswith("Caf")
+    assert "x " in documents[-1].text
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_invalid_section_size_rejected(tmp_path, size):
+    (tmp_path / "a.txt").write_text("text", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=f"invalid section size {size}"):
+        list(iter_documents([tmp_path], section_chars=size))
+    with pytest.raises(ConfigError, match=f"invalid section size {size}"):
+        count_documents([tmp_path], section_chars=size)
