@@ -31,7 +31,7 @@ FILES_PER_FOLDER = 1000
 
 
 def build_big_file(path: Path, passages: list[str], megabytes: int) -> int:
-    """Write numbered passages as paragraphs until the file holds ``megabytes``."""
+    """Write numbered passages as paragraphs until the file reaches ``megabytes``."""
     target = megabytes * 1_000_000
     written = 0
     number = 0

@@ -49,17 +49,17 @@ _BACKENDS = ("auto", "torch", "onnx")
 PREFETCH_WINDOW = 4096
 PREFETCH_DEPTH = 2
 # Padded tokens per batch when batch_tokens is not given. On a GPU large batches
-# keep the device busy. On CPU small batches whose activations stay in cache
-# run faster: on 256 SciFact passages with 2 cores (benchmarks/encoder_throughput.py),
-# ONNX Runtime fp32 took 6.7 s with 512 tokens per batch against 8.3 s with
-# 32 passages per batch, and torch was fastest near 2048.
+# keep the device busy. On CPU small batches run faster, because their
+# activations stay in cache. On 256 SciFact passages with 2 cores, ONNX Runtime
+# fp32 took 6.7 s with 512 tokens per batch against 8.3 s with 32 passages per
+# batch, and torch was fastest near 2048 (benchmarks/encoder_throughput.py).
 DEFAULT_BATCH_TOKENS = {"gpu": 16384, "cpu onnx": 512, "cpu torch": 2048}
 
 __all__ = [
     "NORM_EPS",
     "Encoder",
-    "l2_normalize",
     "default_batch_tokens",
+    "l2_normalize",
     "plan_batches",
     "pool",
     "prefetch",

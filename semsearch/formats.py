@@ -54,6 +54,10 @@ _WESTERN_PUNCTUATION = frozenset(
     "\u2013\u2014\u2018\u2019\u201c\u201d\u2026\u2022\u20ac"
     "\u00ab\u00bb\u00b0\u00b7\u00a0"
 )
+_BINARY_REASON = (
+    "contains NUL bytes and no UTF-16/UTF-32 byte order mark, so it looks "
+    "like a binary file; exclude it or convert it to text"
+)
 _INT = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
 # A decimal point or an exponent is required, so "007" stays a string.
 _FLOAT = re.compile(
@@ -89,8 +93,7 @@ def decode_bytes(data: bytes, source: str, declared: str | None = None) -> str:
     if b"\x00" in data:
         raise LoadError(
             source,
-            "contains NUL bytes and no UTF-16/UTF-32 byte order mark, so it looks "
-            "like a binary file; exclude it or convert it to text",
+            _BINARY_REASON,
         )
     try:
         return _normalise_newlines(data.decode("utf-8"))
@@ -289,22 +292,21 @@ def _stream_encoding(path: Path, source: str) -> tuple[str, str]:
             _check_stream(path, source, encoding, "strict")
             return encoding, "strict"
     if _contains_nul(path):
-        raise LoadError(
-            source,
-            "contains NUL bytes and no UTF-16/UTF-32 byte order mark, so it looks "
-            "like a binary file; exclude it or convert it to text",
-        )
+        raise LoadError(source, _BINARY_REASON)
     if _first_invalid_byte(path, "utf-8", "strict") is None:
         return "utf-8", "strict"
+
     # Cut the sample where a whole character ends, then decide as read_text does.
     head = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode(sample)
     if any("\x80" <= char < "\udc80" or char > "\udcff" for char in head):
         logger.info("%s: decoded as UTF-8, reading invalid bytes as cp1252", source)
         return "utf-8", _CP1252_FALLBACK
+
     candidates = _detected_encodings(sample)
     for encoding in candidates:
         if _first_invalid_byte(path, encoding, "strict") is None:
             return encoding, "strict"
+
     if not candidates:
         raise LoadError(
             source,

@@ -33,7 +33,7 @@ WRITES_BEFORE_KILL = 2
 SPEECHES = 6
 # Kills that must land while the ingest is running, at random moments.
 RANDOM_KILLS = 5
-# The log line that says loading and imports are over and syncing begins.
+# The log line printed when imports and model loading are over and syncing begins.
 SYNC_STARTED = "syncing into collection"
 FIELDS = ["id", "doc_id", "text", "ordinal", "chunk_count", "doc_hash", "chunk_hash"]
 
@@ -52,9 +52,9 @@ def _environment() -> dict[str, str]:
     return dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="200")
 
 
-def _run_and_kill(command: list[str]) -> int:
-    """Start ``command``, SIGKILL it after some written batches; return how many."""
-    process = subprocess.Popen(
+def _start(command: list[str]) -> subprocess.Popen[str]:
+    """Start ``command`` in its own process group, reading its stderr as text."""
+    return subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -62,6 +62,11 @@ def _run_and_kill(command: list[str]) -> int:
         env=_environment(),
         start_new_session=True,
     )
+
+
+def _run_and_kill(command: list[str]) -> int:
+    """Start ``command``, SIGKILL it after some written batches; return how many."""
+    process = _start(command)
     writes = 0
     try:
         for line in process.stderr:
@@ -143,14 +148,7 @@ def _run_until_killed(command: list[str], delay: float) -> tuple[bool, int, floa
     Returns whether the kill landed (the process was still running), how many
     batches it had written by then, and the seconds it spent syncing.
     """
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_environment(),
-        start_new_session=True,
-    )
+    process = _start(command)
     writes = 0
     syncing = None
     try:

@@ -132,7 +132,8 @@ def test_large_file_becomes_section_documents(tmp_path):
         range(1, len(sections) + 1)
     )
     small = [document for document in documents if document.source == "small.txt"]
-    assert small[0].id == "small.txt" and "section" not in small[0].metadata
+    assert small[0].id == "small.txt"
+    assert "section" not in small[0].metadata
     assert count_documents([tmp_path], section_chars=1500) is None
     assert count_documents([tmp_path / "small.txt"], section_chars=1500) == 1
 
@@ -201,7 +202,8 @@ def test_sectioned_file_syncs_section_by_section(tmp_path, encoder, monkeypatch)
         rows = engine.store.query("", ["doc_id", "text", "ordinal", "metadata"])
 
     assert first.documents == first.new > 2
-    assert unchanged.embedded == 0 and unchanged.unchanged == first.documents
+    assert unchanged.embedded == 0
+    assert unchanged.unchanged == first.documents
     # The new modification time rewrites every section's rows, but only the
     # last section's text changed, so only its chunk is embedded again.
     assert appended.documents == first.documents
