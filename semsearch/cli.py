@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
@@ -986,10 +987,14 @@ def _training_pairs(
 class _TrainingProgress:
     """A step bar with the running loss, and one line per finished epoch."""
 
+    # Without a terminal (a log file, CI), a plain line at most this often.
+    LOG_INTERVAL_SECONDS = 60.0
+
     def __init__(self, console: Console) -> None:
         self.console = console
         self._progress: Any = None
         self._task: Any = None
+        self._last_line = time.monotonic()
 
     def __enter__(self) -> _TrainingProgress:
         if not self.console.is_terminal:
@@ -1025,6 +1030,13 @@ class _TrainingProgress:
                 total=event.total_steps,
                 epoch=event.epoch,
                 loss=event.loss,
+            )
+        elif time.monotonic() - self._last_line >= self.LOG_INTERVAL_SECONDS:
+            self._last_line = time.monotonic()
+            self.console.print(
+                f"epoch {event.epoch}: step {event.step} of {event.total_steps}, "
+                f"loss {event.loss:.4f}",
+                highlight=False,
             )
         epoch = event.finished_epoch
         if epoch is not None:

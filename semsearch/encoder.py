@@ -181,6 +181,16 @@ class Encoder:
         ``max_seq_length`` tokens are truncated with a warning, because callers
         are expected to chunk them first.
         """
+        return self.encode_counted(texts, kind=kind)[0]
+
+    def encode_counted(
+        self, texts: Sequence[str], *, kind: Kind = "passage"
+    ) -> tuple[np.ndarray, int]:
+        """Embed texts as ``encode`` does, and count the tokens the model read.
+
+        The count includes the prefix and the special tokens, and is taken from
+        the tokenisation the encoder does anyway, so it costs nothing extra.
+        """
         if isinstance(texts, str):
             raise TypeError(
                 "encode() expects a sequence of strings but got a single str. "
@@ -189,7 +199,7 @@ class Encoder:
         if kind not in ("query", "passage"):
             raise ConfigError(f"Invalid kind {kind!r}. Use 'query' or 'passage'.")
         if len(texts) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), 0
 
         prefix = self.spec.query_prefix if kind == "query" else self.spec.passage_prefix
         inputs = [prefix + text for text in texts]
@@ -197,12 +207,14 @@ class Encoder:
             if len(inputs) == 1:
                 return self._encode_one(inputs[0])
             embeddings = np.empty((len(inputs), self.dim), dtype=np.float32)
+            tokens = 0
             batches = self._prepared_batches(inputs)
             if self.prefetch:
                 batches = prefetch(batches, PREFETCH_DEPTH)
-            for indices, prepared in batches:
+            for indices, prepared, batch_tokens in batches:
                 embeddings[indices] = self._backend.run(prepared)
-        return embeddings
+                tokens += batch_tokens
+        return embeddings, tokens
 
     def count_tokens(self, text: str) -> int:
         """Count the tokens of ``text`` without special tokens or prefix."""
@@ -219,15 +231,18 @@ class Encoder:
             return OnnxBackend(self.spec, precision)
         return TorchBackend(self.spec, self.device, self.precision)
 
-    def _encode_one(self, text: str) -> np.ndarray:
+    def _encode_one(self, text: str) -> tuple[np.ndarray, int]:
         """Embed one text as a batch of one: no sorting, no padding."""
         (ids,) = self._tokenize([text])
         input_ids = np.asarray([ids], dtype=np.int64)
         attention_mask = np.ones_like(input_ids)
-        return self._backend.run(self._backend.prepare(input_ids, attention_mask))
+        prepared = self._backend.prepare(input_ids, attention_mask)
+        return self._backend.run(prepared), len(ids)
 
-    def _prepared_batches(self, texts: list[str]) -> Iterator[tuple[list[int], Any]]:
-        """Yield each batch's input positions with its tensors, ready to run.
+    def _prepared_batches(
+        self, texts: list[str]
+    ) -> Iterator[tuple[list[int], Any, int]]:
+        """Yield each batch's input positions, its tensors and its token count.
 
         Without prefetching, all texts form one window, so length sorting sees
         every text and a truncation warning covers the whole call.
@@ -239,7 +254,8 @@ class Encoder:
             for batch in plan_batches(lengths, self.batch_tokens, self.max_batch_size):
                 input_ids, attention_mask = self._pad([rows[i] for i in batch])
                 prepared = self._backend.prepare(input_ids, attention_mask)
-                yield [start + i for i in batch], prepared
+                tokens = sum(lengths[i] for i in batch)
+                yield [start + i for i in batch], prepared, tokens
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         """Tokenise to token ids, truncating at max_seq_length with one warning."""

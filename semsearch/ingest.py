@@ -518,12 +518,11 @@ class Ingester:
                 vectors.append(vector)
                 if vector is None:
                     texts.append(chunk.text)
-        encoded = iter(self.encoder.encode_passages(texts))
+        embeddings, tokens = self.encoder.encode_counted(texts, kind="passage")
+        encoded = iter(embeddings)
         report.embedded += len(texts)
         report.reused += len(vectors) - len(texts)
-        if texts:
-            encoded_ids = self.encoder.tokenizer(texts, add_special_tokens=False)
-            report.tokens += sum(len(ids) for ids in encoded_ids["input_ids"])
+        report.tokens += tokens
 
         result: list[_DocumentRows] = []
         offset = 0

@@ -228,6 +228,24 @@ def test_encode_no_warning_within_limit(
     assert [r for r in caplog.records if r.name == "semsearch.encoder"] == []
 
 
+def test_encode_counted_counts_model_inputs(
+    encoder: Encoder, small_batch_encoder: Encoder
+) -> None:
+    """The count is the tokens the model read: special tokens, prefix, truncation."""
+    texts = ["hello world", "word " * 400, "a b c"]
+
+    vectors, tokens = encoder.encode_counted(texts)
+    _, one = encoder.encode_counted(["hello world"])
+    _, prefixed = small_batch_encoder.encode_counted(texts, kind="query")
+
+    np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-6)
+    assert one == 2 + 2
+    assert tokens == (2 + 2) + 256 + (3 + 2)
+    # "query: " adds two tokens ("query", ":") to each input but the truncated one.
+    assert prefixed == tokens + 2 + 2
+    assert encoder.encode_counted([])[1] == 0
+
+
 def test_count_tokens_content_only(encoder: Encoder) -> None:
     assert encoder.count_tokens("hello world") == 2
     assert encoder.count_tokens("") == 0
