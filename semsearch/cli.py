@@ -1042,11 +1042,14 @@ class _TrainingProgress:
         if epoch is not None:
             recall = "n/a" if epoch.recall_at_1 is None else f"{epoch.recall_at_1:.4f}"
             mrr = "n/a" if epoch.mrr is None else f"{epoch.mrr:.4f}"
-            self.console.print(
-                f"epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out recall@1 "
-                f"{recall}, MRR {mrr}, {epoch.seconds:.0f} s",
-                highlight=False,
-            )
+            if epoch.loss is None:
+                line = f"before training: held-out recall@1 {recall}, MRR {mrr}"
+            else:
+                line = (
+                    f"epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out recall@1 "
+                    f"{recall}, MRR {mrr}, {epoch.seconds:.0f} s"
+                )
+            self.console.print(line, highlight=False)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._progress is not None:

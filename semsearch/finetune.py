@@ -366,6 +366,7 @@ class _TrainingLoop:
 
         recall, mrr = self.trainer.evaluate(self.held_out)
         epochs = [EpochResult(0, None, _or_none(recall), _or_none(mrr), 0, 0.0)]
+        self._emit(0, 0, total_steps, 0.0, epochs[0])
         best_epoch, best_mrr, stale = 0, -math.inf, 0
         step = 0
         for epoch in range(1, config.epochs + 1):

@@ -571,6 +571,9 @@ def test_finetune_command_triplet_from_collection(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["config"]["loss"] == "triplet"
+    # Without a terminal, progress comes as plain lines on stderr.
+    assert "before training: held-out recall@1" in result.stderr
+    assert "epoch 1: loss" in result.stderr
 
 
 def test_finetune_command_needs_one_source(tmp_path: Path) -> None:
