@@ -850,6 +850,12 @@ def serve(
     help="mnr: in-batch negatives; triplet: hard negatives mined from the collection.",
 )
 @click.option(
+    "--hard-negatives",
+    is_flag=True,
+    help="With --from-collection and --loss mnr, also mine one hard negative per "
+    "pair by search in the collection (the triplet loss always does).",
+)
+@click.option(
     "--max-pairs", type=click.IntRange(min=2), help="Train on a random sample of pairs."
 )
 @click.option(
@@ -893,6 +899,7 @@ def finetune(
     batch_size: int,
     lr: float,
     loss: str,
+    hard_negatives: bool,
     max_pairs: int | None,
     max_length: int,
     held_out: float,
@@ -912,13 +919,19 @@ def finetune(
 
     if (pairs_file is None) == (from_collection is None):
         raise click.UsageError("pass exactly one of --pairs FILE or --from-collection")
+    if hard_negatives and from_collection is None:
+        raise click.UsageError(
+            "--hard-negatives mines from a collection; pass --from-collection NAME, "
+            "or put a 'negative' in each record of the pairs file"
+        )
     out = Path(output_dir)
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(
             f"output directory {output_dir!r} is not empty; pass a new directory"
         )
     engine = _engine(ctx, collection=from_collection)
-    pairs = _training_pairs(engine, pairs_file, loss, max_pairs, seed)
+    mine_negatives = hard_negatives or loss == "triplet"
+    pairs = _training_pairs(engine, pairs_file, loss, mine_negatives, max_pairs, seed)
     config = FinetuneConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -955,10 +968,11 @@ def _training_pairs(
     engine: SemanticSearch,
     pairs_file: str | None,
     loss: str,
+    mine_negatives: bool,
     max_pairs: int | None,
     seed: int,
 ) -> list[Any]:
-    """Read or mine pairs, sample them, and mine hard negatives for triplets."""
+    """Read or mine pairs, sample them, and mine hard negatives when asked."""
     from .errors import ConfigError
     from .pairs import (
         mine_collection_pairs,
@@ -978,7 +992,7 @@ def _training_pairs(
         return pairs
 
     pairs = select_pairs(mine_collection_pairs(engine.store, seed=seed), max_pairs, seed)
-    if loss == "triplet":
+    if mine_negatives:
         engine.store.check_fingerprint(engine.encoder.fingerprint)
         pairs = mine_hard_negatives(pairs, engine.encoder, engine.store)
     return pairs

@@ -291,6 +291,8 @@ class Ingester:
         self.queue_batches = queue_batches
         self.on_progress = on_progress
         self._has_collection = False
+        self._nothing_stored = False
+        self._unflushed = 0
 
     def run(
         self,
@@ -360,7 +362,11 @@ class Ingester:
         A dry run only checks an existing collection's model and creates none.
         """
         if not dry_run:
-            self.store.ensure_collection(self.encoder.fingerprint)
+            created = self.store.ensure_collection(self.encoder.fingerprint)
+            # Nothing can be stored yet in an empty collection, so the run skips
+            # the per-batch lookups, which cost Milvus Lite a scan of its
+            # unflushed rows each.
+            self._nothing_stored = created or self.store.count() == 0
             return True
         if not self.store.exists():
             return False
@@ -480,7 +486,7 @@ class Ingester:
 
     def _changed(self, batch: list[_Prepared], report: IngestReport) -> list[_Prepared]:
         stored = {}
-        if self._has_collection:
+        if self._has_collection and not self._nothing_stored:
             stored = self.store.stored_documents([item.document.id for item in batch])
         work = []
         for item in batch:
@@ -564,6 +570,7 @@ class Ingester:
                 failure.append(exc)
                 continue
             report.chunks += written
+            self._flush_now_and_then(written)
             logger.info(
                 "wrote %d rows of %d documents (%d in total)",
                 written,
@@ -580,6 +587,19 @@ class Ingester:
                         elapsed=time.perf_counter() - started,
                     )
                 )
+
+    def _flush_now_and_then(self, written: int) -> None:
+        """Flush after every ``store.rows_per_flush`` rows, where the store wants it."""
+        limit = self.store.rows_per_flush
+        self._unflushed += written
+        if limit is None or self._unflushed < limit:
+            return
+        self._unflushed = 0
+        try:
+            self.store.flush()
+        except StoreError as exc:
+            # The rows are written already; only later lookups get slower.
+            logger.warning("flush failed, continuing without it: %s", exc)
 
     def _write_documents(
         self, documents: list[_DocumentRows], report: IngestReport

@@ -111,6 +111,9 @@ def reindex(
             )
         destination.ensure_collection(encoder.fingerprint)
         rows = _copy_rows(source, destination, encoder, batch_rows, on_progress)
+        # Sealed before the switch, so the first searches through the alias use
+        # the full index.
+        destination.flush()
     finally:
         destination.close()
 

@@ -326,6 +326,8 @@ SERVER_INDEX_TYPES = (
 # with FLAT and HNSW (scripts/bench_lite_index.py, docs/milvus-server.md), so Lite
 # uses FLAT: exact, and with no index build on flush.
 LITE_DEFAULT_INDEX = "FLAT"
+# Rows an ingest writes to Milvus Lite between two flushes (see rows_per_flush).
+LITE_ROWS_PER_FLUSH = 4096
 SERVER_DEFAULT_INDEX = "HNSW"
 
 
@@ -614,16 +616,19 @@ class MilvusStore:
             return None
         return json.loads(raw)
 
-    def ensure_collection(self, fingerprint: Mapping[str, Any]) -> None:
+    def ensure_collection(self, fingerprint: Mapping[str, Any]) -> bool:
         """Create the collection for this model, or check that it matches.
 
-        Raises ModelMismatchError when the collection records another model.
+        Returns True when it was created now. Raises ModelMismatchError when the
+        collection records another model.
         """
-        if self.exists():
-            self.check_fingerprint(fingerprint)
-        else:
+        created = not self.exists()
+        if created:
             self._create(fingerprint)
+        else:
+            self.check_fingerprint(fingerprint)
         self._load()
+        return created
 
     def check_fingerprint(self, fingerprint: Mapping[str, Any]) -> None:
         stored = self.fingerprint()
@@ -1036,15 +1041,26 @@ class MilvusStore:
             written += len(batch)
         return written
 
-    def flush(self) -> None:
-        """Seal a server's growing segments so its vector index covers every row.
+    @property
+    def rows_per_flush(self) -> int | None:
+        """How many written rows an ingest lets pile up before it flushes.
 
-        Milvus searches rows in growing segments with a temporary index (IVF on
-        2.3) until they are sealed, which lowers recall. Milvus Lite needs no
-        flush, so this does nothing there.
+        None for a server, which seals segments on its own and rate-limits
+        flushes. Milvus Lite keeps written rows in an in-memory table until a
+        flush, and every query and search converts that whole table row by row
+        (about 55 microseconds a row here), so an ingest flushes it often.
         """
-        if is_local_uri(self.uri):
-            return
+        return LITE_ROWS_PER_FLUSH if is_local_uri(self.uri) else None
+
+    def flush(self) -> None:
+        """Write pending rows to sealed segments that the vector index covers.
+
+        A server searches rows in growing segments with a temporary index (IVF
+        on 2.3) until they are sealed, which lowers recall. Milvus Lite moves
+        its in-memory table to a segment file, which makes later queries and
+        searches, and the next open, far faster: at 30,000 rows a search took
+        1.95 s before the flush and 0.12 s after it.
+        """
         self._call("flush", self.client.flush, self.collection)
 
     def delete_where(self, expression: str) -> None:

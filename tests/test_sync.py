@@ -113,6 +113,55 @@ def test_ingest_old_collection_without_chunk_hash(tmp_path, encoder, monkeypatch
     assert report.skipped == []
 
 
+def test_lite_ingest_flushes_every_few_rows(tmp_path, encoder, monkeypatch):
+    """Rows reach Lite segment files during the run, and the sync still holds."""
+    monkeypatch.setattr(store_module, "LITE_ROWS_PER_FLUSH", 5)
+    corpus = tmp_path / "corpus"
+    for number in range(4):
+        _write(corpus / f"log{number}.txt", "\n\n".join(PARAGRAPHS[number * 6 :][:6]))
+    uri = tmp_path / "flush.db"
+    flushes = []
+    with SemanticSearch(uri=str(uri), encoder=encoder, chunk_size=48) as engine:
+        flush = engine.store.flush
+        monkeypatch.setattr(engine.store, "flush", lambda: flushes.append(1) or flush())
+        first = engine.ingest([corpus])
+        first_flushes = len(flushes)
+        again = engine.ingest([corpus])
+        hits = engine.search("who polished the lens on night 13?", k=1)
+
+    assert first.chunks >= 5
+    # One flush inside the run (all rows come in one write), one at its end.
+    assert first_flushes == 2
+    assert list(uri.rglob("*.parquet"))
+    assert again.unchanged == 4
+    assert again.chunks == 0
+    assert "night 13" in hits[0].text
+
+
+def test_first_ingest_skips_stored_lookups(tmp_path, encoder, monkeypatch):
+    """An empty collection has nothing stored; a later run looks documents up."""
+    corpus = tmp_path / "corpus"
+    _write(corpus / "a.txt", PARAGRAPHS[0])
+    _write(corpus / "b.txt", PARAGRAPHS[1])
+    lookups: list[list[str]] = []
+    lookup = MilvusStore.stored_documents
+    monkeypatch.setattr(
+        MilvusStore,
+        "stored_documents",
+        lambda store, ids: lookups.append(list(ids)) or lookup(store, ids),
+    )
+    with SemanticSearch(uri=str(tmp_path / "skip.db"), encoder=encoder) as engine:
+        first = engine.ingest([corpus])
+        first_lookups = len(lookups)
+        _write(corpus / "b.txt", PARAGRAPHS[2])
+        second = engine.ingest([corpus])
+
+    assert first.new == 2
+    assert first_lookups == 0
+    assert sum(len(ids) for ids in lookups) == 2
+    assert (second.unchanged, second.changed) == (1, 1)
+
+
 # -- prune -------------------------------------------------------------------
 
 
