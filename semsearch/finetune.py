@@ -128,6 +128,8 @@ class FinetuneResult:
     train_pairs: int
     held_out_pairs: int
     best_epoch: int
+    # Training pairs that carry an explicit (usually mined) negative.
+    train_negatives: int = 0
     epochs: list[EpochResult] = field(default_factory=list)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +141,7 @@ class FinetuneResult:
             "weights_sha256": self.weights_sha256,
             "train_pairs": self.train_pairs,
             "held_out_pairs": self.held_out_pairs,
+            "train_negatives": self.train_negatives,
             "best_epoch": self.best_epoch,
             "epochs": [asdict(epoch) for epoch in self.epochs],
             "seconds": round(self.seconds, 1),
@@ -320,6 +323,7 @@ def finetune(
         train_pairs=len(train),
         held_out_pairs=len(held_out),
         best_epoch=best_epoch,
+        train_negatives=sum(pair.negative is not None for pair in train),
         epochs=epochs,
         seconds=time.perf_counter() - started,
         config=asdict(config),

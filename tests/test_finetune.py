@@ -576,6 +576,29 @@ def test_finetune_command_triplet_from_collection(
     assert "epoch 1: loss" in result.stderr
 
 
+def test_finetune_command_mnr_with_mined_negatives(
+    tmp_path: Path, ingested: str, tiny_model_dir: Path
+) -> None:
+    args = ["--uri", ingested, "--device", "cpu", "finetune"]
+    args += ["--from-collection", "docs", "--out", str(tmp_path / "tuned")]
+    args += ["--hard-negatives", "--max-pairs", "6", "--batch-size", "3"]
+    args += ["--max-length", "32", "--held-out", "0", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["config"]["loss"] == "mnr"
+    assert payload["train_negatives"] == payload["train_pairs"] > 0
+
+
+def test_finetune_command_negatives_need_collection(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"anchor": "a", "positive": "p"}\n', encoding="utf-8")
+    args = ["finetune", "--pairs", str(pairs), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, [*args, "--hard-negatives"])
+    assert result.exit_code == 2
+    assert "--hard-negatives mines from a collection" in result.output
+
+
 def test_finetune_command_needs_one_source(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["finetune", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
