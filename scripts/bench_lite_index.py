@@ -59,8 +59,9 @@ def run_one(
             "bench",
             [{"id": start + i, "vector": row.tolist()} for i, row in enumerate(block)],
         )
-    # Closing flushes the rows to a segment file; Milvus Lite builds the
-    # segment's index then or on the next load.
+    # Milvus Lite 3.2 builds an index only for rows flushed to a segment file,
+    # and semsearch flushes at the end of every ingest, so the rows are too.
+    client.flush("bench")
     began = time.perf_counter()
     client.close()
     client = MilvusClient(uri=uri)
