@@ -60,7 +60,7 @@ def run_one(
             [{"id": start + i, "vector": row.tolist()} for i, row in enumerate(block)],
         )
     # Milvus Lite 3.2 builds an index only for rows flushed to a segment file,
-    # and semsearch flushes at the end of every ingest, so the rows are too.
+    # and semsearch flushes at the end of every ingest, so the script does too.
     client.flush("bench")
     began = time.perf_counter()
     client.close()

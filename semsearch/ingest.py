@@ -598,7 +598,7 @@ class Ingester:
         try:
             self.store.flush()
         except StoreError as exc:
-            # The rows are written already; only later lookups get slower.
+            # The rows are written already, so only later lookups get slower.
             logger.warning("flush failed, continuing without it: %s", exc)
 
     def _write_documents(

@@ -1047,8 +1047,8 @@ class MilvusStore:
 
         None for a server, which seals segments on its own and rate-limits
         flushes. Milvus Lite keeps written rows in an in-memory table until a
-        flush, and every query and search converts that whole table row by row
-        (about 55 microseconds a row here), so an ingest flushes it often.
+        flush, and every query and search converts that whole table row by row,
+        so an ingest flushes it often.
         """
         return LITE_ROWS_PER_FLUSH if is_local_uri(self.uri) else None
 
@@ -1058,8 +1058,8 @@ class MilvusStore:
         A server searches rows in growing segments with a temporary index (IVF
         on 2.3) until they are sealed, which lowers recall. Milvus Lite moves
         its in-memory table to a segment file, which makes later queries and
-        searches, and the next open, far faster: at 30,000 rows a search took
-        1.95 s before the flush and 0.12 s after it.
+        searches far faster: at 30,000 rows a search took 1.08 s before the flush
+        and 0.06 s after it (benchmarks/lite_flush.py).
         """
         self._call("flush", self.client.flush, self.collection)
 

@@ -139,7 +139,7 @@ def test_lite_ingest_flushes_every_few_rows(tmp_path, encoder, monkeypatch):
 
 
 def test_first_ingest_skips_stored_lookups(tmp_path, encoder, monkeypatch):
-    """An empty collection has nothing stored; a later run looks documents up."""
+    """A run into an empty collection looks nothing up, and a later run does."""
     corpus = tmp_path / "corpus"
     _write(corpus / "a.txt", PARAGRAPHS[0])
     _write(corpus / "b.txt", PARAGRAPHS[1])
