@@ -64,7 +64,8 @@ class IngestReport:
     ``new``, ``changed``, ``unchanged`` and ``deleted`` count documents; in a dry
     run they are the plan, and nothing was written. ``chunks`` counts rows
     written, of which ``embedded`` were encoded and ``reused`` took the stored
-    vector of an identical chunk. ``tokens`` counts the tokens embedded.
+    vector of an identical chunk. ``tokens`` counts the tokens the model read,
+    special tokens included.
     """
 
     documents: int = 0
@@ -570,7 +571,7 @@ class Ingester:
                 failure.append(exc)
                 continue
             report.chunks += written
-            self._flush_now_and_then(written)
+            self._flush_periodically(written)
             logger.info(
                 "wrote %d rows of %d documents (%d in total)",
                 written,
@@ -588,7 +589,7 @@ class Ingester:
                     )
                 )
 
-    def _flush_now_and_then(self, written: int) -> None:
+    def _flush_periodically(self, written: int) -> None:
         """Flush after every ``store.rows_per_flush`` rows, where the store wants it."""
         limit = self.store.rows_per_flush
         self._unflushed += written
