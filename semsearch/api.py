@@ -275,7 +275,7 @@ class SemanticSearch:
                 documents, report=report, prune_roots=prune_roots, dry_run=dry_run
             )
             if not dry_run and (result.chunks or result.deleted):
-                self.store.flush()
+                self.store.flush_after_writes()
         self._checked = not dry_run or self._checked
         return result
 

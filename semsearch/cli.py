@@ -1045,7 +1045,10 @@ class _TrainingProgress:
                 epoch=event.epoch,
                 loss=event.loss,
             )
-        elif time.monotonic() - self._last_line >= self.LOG_INTERVAL_SECONDS:
+        elif (
+            event.step > 0
+            and time.monotonic() - self._last_line >= self.LOG_INTERVAL_SECONDS
+        ):
             self._last_line = time.monotonic()
             self.console.print(
                 f"epoch {event.epoch}: step {event.step} of {event.total_steps}, "
@@ -1064,6 +1067,7 @@ class _TrainingProgress:
                     f"{recall}, MRR {mrr}, {epoch.seconds:.0f} s"
                 )
             self.console.print(line, highlight=False)
+            self._last_line = time.monotonic()
 
     def __exit__(self, *exc_info: object) -> None:
         if self._progress is not None:

@@ -65,7 +65,7 @@ class IngestReport:
     run they are the plan, and nothing was written. ``chunks`` counts rows
     written, of which ``embedded`` were encoded and ``reused`` took the stored
     vector of an identical chunk. ``tokens`` counts the tokens the model read,
-    special tokens included.
+    with the special tokens and any passage prefix.
     """
 
     documents: int = 0
@@ -293,7 +293,6 @@ class Ingester:
         self.on_progress = on_progress
         self._has_collection = False
         self._nothing_stored = False
-        self._unflushed = 0
 
     def run(
         self,
@@ -367,6 +366,9 @@ class Ingester:
             # Nothing can be stored yet in an empty collection, so the run skips
             # the per-batch lookups, which cost Milvus Lite a scan of its
             # unflushed rows each.
+            # NOTE: two processes ingesting the same new document into one new
+            # collection at once may leave stale chunks of the shorter version,
+            # because neither looks the other's rows up.
             self._nothing_stored = created or self.store.count() == 0
             return True
         if not self.store.exists():
@@ -571,7 +573,7 @@ class Ingester:
                 failure.append(exc)
                 continue
             report.chunks += written
-            self._flush_periodically(written)
+            self._flush_periodically()
             logger.info(
                 "wrote %d rows of %d documents (%d in total)",
                 written,
@@ -589,18 +591,11 @@ class Ingester:
                     )
                 )
 
-    def _flush_periodically(self, written: int) -> None:
+    def _flush_periodically(self) -> None:
         """Flush after every ``store.rows_per_flush`` rows, where the store wants it."""
         limit = self.store.rows_per_flush
-        self._unflushed += written
-        if limit is None or self._unflushed < limit:
-            return
-        self._unflushed = 0
-        try:
-            self.store.flush()
-        except StoreError as exc:
-            # The rows are written already, so only later lookups get slower.
-            logger.warning("flush failed, continuing without it: %s", exc)
+        if limit is not None and self.store.unflushed_rows >= limit:
+            self.store.flush_after_writes(force=True)
 
     def _write_documents(
         self, documents: list[_DocumentRows], report: IngestReport

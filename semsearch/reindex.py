@@ -113,7 +113,7 @@ def reindex(
         rows = _copy_rows(source, destination, encoder, batch_rows, on_progress)
         # Sealed before the switch, so the first searches through the alias use
         # the full index.
-        destination.flush()
+        destination.flush_after_writes(force=True)
     finally:
         destination.close()
 

@@ -130,12 +130,52 @@ def test_lite_ingest_flushes_every_few_rows(tmp_path, encoder, monkeypatch):
         hits = engine.search("who polished the lens on night 13?", k=1)
 
     assert first.chunks >= 5
-    # One flush inside the run (all rows come in one write), one at its end.
-    assert first_flushes == 2
+    # One flush inside the run (all rows come in one write). None at its end,
+    # because no rows are pending then.
+    assert first_flushes == 1
     assert list(uri.rglob("*.parquet"))
     assert again.unchanged == 4
     assert again.chunks == 0
     assert "night 13" in hits[0].text
+
+
+@pytest.mark.parametrize(("minimum", "expected"), [(1, 1), (10_000, 0)])
+def test_lite_final_flush_needs_pending_rows(
+    tmp_path, encoder, monkeypatch, minimum, expected
+):
+    monkeypatch.setattr(store_module, "LITE_MIN_ROWS_TO_FLUSH", minimum)
+    corpus = tmp_path / "corpus"
+    _write(corpus / "log.txt", "\n\n".join(PARAGRAPHS[:6]))
+    flushes = []
+    with SemanticSearch(uri=str(tmp_path / "end.db"), encoder=encoder) as engine:
+        flush = engine.store.flush
+        monkeypatch.setattr(engine.store, "flush", lambda: flushes.append(1) or flush())
+        report = engine.ingest([corpus])
+        pending = engine.store.unflushed_rows
+
+    assert report.chunks >= 1
+    assert len(flushes) == expected
+    assert pending == (0 if expected else report.chunks)
+
+
+def test_failed_flush_keeps_ingest(tmp_path, encoder, monkeypatch, caplog):
+    """A flush that fails after the rows are written is logged, not raised."""
+    monkeypatch.setattr(store_module, "LITE_MIN_ROWS_TO_FLUSH", 1)
+    corpus = tmp_path / "corpus"
+    _write(corpus / "log.txt", PARAGRAPHS[0])
+
+    def failing_flush() -> None:
+        raise StoreError("flush failed: disk full", retryable=False)
+
+    with SemanticSearch(uri=str(tmp_path / "fail.db"), encoder=encoder) as engine:
+        monkeypatch.setattr(engine.store, "flush", failing_flush)
+        report = engine.ingest([corpus])
+        stored = engine.store.count()
+
+    assert report.ok
+    assert stored == report.chunks
+    assert "flush of collection" in caplog.text
+    assert "disk full" in caplog.text
 
 
 def test_first_ingest_skips_stored_lookups(tmp_path, encoder, monkeypatch):
