@@ -211,9 +211,9 @@ class Encoder:
             batches = self._prepared_batches(inputs)
             if self.prefetch:
                 batches = prefetch(batches, PREFETCH_DEPTH)
-            for indices, prepared, batch_tokens in batches:
+            for indices, prepared, batch_token_count in batches:
                 embeddings[indices] = self._backend.run(prepared)
-                tokens += batch_tokens
+                tokens += batch_token_count
         return embeddings, tokens
 
     def count_tokens(self, text: str) -> int:

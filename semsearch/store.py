@@ -1048,7 +1048,7 @@ class MilvusStore:
 
     @property
     def rows_per_flush(self) -> int | None:
-        """How many written rows an ingest lets pile up before it flushes.
+        """Maximum rows an ingest writes between two flushes.
 
         None for a server, which seals segments on its own and rate-limits
         flushes. Milvus Lite keeps written rows in an in-memory table until a
@@ -1062,10 +1062,11 @@ class MilvusStore:
 
         A server is always flushed, so its index covers every row. Milvus Lite
         is flushed once at least ``LITE_MIN_ROWS_TO_FLUSH`` rows are pending
-        (or with ``force``), because a flush costs each small ingest about
-        20 ms while a few hundred unflushed rows slow a search by less. Lite
-        also flushes pending rows when the file is closed. A failed flush loses
-        nothing, since the rows are written already.
+        (or with ``force``). A flush added about 20 ms to each one-record
+        ingest here, and a few hundred unflushed rows are estimated to add
+        less than that to a search. Lite also flushes pending rows when the
+        file is closed. A failed flush loses nothing, because the rows are
+        written already.
         """
         lite = is_local_uri(self.uri)
         if lite and not force and self.unflushed_rows < LITE_MIN_ROWS_TO_FLUSH:

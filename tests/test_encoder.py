@@ -235,11 +235,11 @@ def test_encode_counted_counts_model_inputs(
     texts = ["hello world", "word " * 400, "a b c"]
 
     vectors, tokens = encoder.encode_counted(texts)
-    _, one = encoder.encode_counted(["hello world"])
+    _, single = encoder.encode_counted(["hello world"])
     _, prefixed = small_batch_encoder.encode_counted(texts, kind="query")
 
     np.testing.assert_allclose(vectors, encoder.encode(texts), atol=1e-6)
-    assert one == 2 + 2
+    assert single == 2 + 2
     assert tokens == (2 + 2) + 256 + (3 + 2)
     # "query: " adds two tokens ("query", ":") to each input but the truncated one.
     assert prefixed == tokens + 2 + 2

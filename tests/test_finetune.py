@@ -577,7 +577,7 @@ def test_finetune_command_triplet_from_collection(
 
 
 def test_finetune_command_mnr_with_mined_negatives(
-    tmp_path: Path, ingested: str, tiny_model_dir: Path
+    tmp_path: Path, ingested: str
 ) -> None:
     args = ["--uri", ingested, "--device", "cpu", "finetune"]
     args += ["--from-collection", "docs", "--out", str(tmp_path / "tuned")]
