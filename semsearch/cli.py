@@ -886,6 +886,12 @@ def serve(
     show_default=True,
     help="Batches per optimiser step; negatives stay within each batch.",
 )
+@click.option(
+    "--mini-batch-size",
+    type=click.IntRange(min=1),
+    help="Embed each batch this many pairs at a time with cached gradients: a "
+    "large --batch-size then fits in memory, for about a third more compute.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
@@ -905,6 +911,7 @@ def finetune(
     held_out: float,
     patience: int,
     accumulation_steps: int,
+    mini_batch_size: int | None,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -939,6 +946,7 @@ def finetune(
         loss=loss,  # type: ignore[arg-type]
         max_length=max_length,
         accumulation_steps=accumulation_steps,
+        mini_batch_size=mini_batch_size,
         held_out=held_out,
         patience=patience,
         seed=seed,

@@ -53,7 +53,9 @@ class FinetuneConfig:
     ``held_out`` is the fraction of pairs (by group) kept out of training to
     measure retrieval after each epoch. Training stops when that measure (MRR)
     has not improved for ``patience`` epochs, and the best epoch's weights are
-    saved.
+    saved. ``mini_batch_size`` makes each batch embed that many pairs at a time
+    with cached gradients (see ``ContrastiveTrainer.backward_cached``), so a large
+    batch, and with it many in-batch negatives, fits in memory.
     """
 
     epochs: int = 1
@@ -66,6 +68,7 @@ class FinetuneConfig:
     margin: float = 0.3
     max_length: int = 128
     accumulation_steps: int = 1
+    mini_batch_size: int | None = None
     held_out: float = 0.1
     patience: int = 1
     seed: int = 0
@@ -77,6 +80,13 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"invalid {name} {value!r}: use a positive integer")
+        if self.mini_batch_size is not None and (
+            not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1
+        ):
+            raise ConfigError(
+                f"invalid mini_batch_size {self.mini_batch_size!r}: use a positive "
+                "integer, or None to embed each batch at once"
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"invalid loss {self.loss!r}: use one of {LOSSES}")
         if not self.learning_rate > 0:
@@ -187,34 +197,107 @@ class ContrastiveTrainer:
 
     def loss(self, pairs: Sequence[TrainingPair]) -> torch.Tensor:
         """Compute the configured loss of one batch."""
+        vectors = [self.embed(texts, kind=kind) for texts, kind in self._inputs(pairs)]
+        return self.loss_of(*vectors)
+
+    def _inputs(self, pairs: Sequence[TrainingPair]) -> list[tuple[list[str], str]]:
+        """Return the batch's texts to embed: anchors, positives, then any negatives."""
+        negatives = [pair.negative for pair in pairs if pair.negative is not None]
+        if self.config.loss == "triplet" and len(negatives) != len(pairs):
+            raise ConfigError(
+                "the triplet loss needs a negative for every pair; mine hard "
+                "negatives from a collection or use --loss mnr"
+            )
+        inputs = [
+            ([pair.anchor for pair in pairs], "query"),
+            ([pair.positive for pair in pairs], "passage"),
+        ]
+        if negatives:
+            inputs.append((negatives, "passage"))
+        return inputs
+
+    def loss_of(
+        self,
+        anchors: torch.Tensor,
+        positives: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Compute the configured loss from a batch's unit vectors."""
         import torch
         from torch.nn import functional
 
-        anchors = self.embed([pair.anchor for pair in pairs], kind="query")
-        positives = self.embed([pair.positive for pair in pairs], kind="passage")
-        negatives = [pair.negative for pair in pairs if pair.negative is not None]
-
         if self.config.loss == "triplet":
-            if len(negatives) != len(pairs):
-                raise ConfigError(
-                    "the triplet loss needs a negative for every pair; mine hard "
-                    "negatives from a collection or use --loss mnr"
-                )
-            negative_vectors = self.embed(negatives, kind="passage")
             positive_scores = (anchors * positives).sum(dim=1)
-            negative_scores = (anchors * negative_vectors).sum(dim=1)
+            negative_scores = (anchors * negatives).sum(dim=1)
             margins = negative_scores - positive_scores + self.config.margin
             return functional.relu(margins).mean()
 
         # Scores [batch, batch + negatives]: column i is the positive of anchor i,
         # every other column is a negative for it.
-        candidates = positives
-        if negatives:
-            negative_vectors = self.embed(negatives, kind="passage")
-            candidates = torch.cat([positives, negative_vectors])
+        candidates = positives if negatives is None else torch.cat([positives, negatives])
         scores = self.config.scale * anchors @ candidates.T
-        labels = torch.arange(len(pairs), device=scores.device)
+        labels = torch.arange(len(anchors), device=scores.device)
         return functional.cross_entropy(scores, labels)
+
+    def backward_cached(
+        self,
+        pairs: Sequence[TrainingPair],
+        piece_size: int,
+        scale: Callable[[torch.Tensor], torch.Tensor],
+    ) -> float:
+        """Backpropagate one batch's loss while embedding ``piece_size`` texts at a time.
+
+        Gradient caching (Gao et al., 2021): every text is first embedded without
+        gradients, the loss over the whole batch gives the gradient of each
+        vector, and each piece is then embedded again with gradients and
+        backpropagated with its vectors' cached gradients. The parameters get
+        the gradients of the whole batch at once, for about one more forward
+        pass, and memory holds the activations of one piece only. Dropout gives
+        each piece the same mask in both passes because the random state is
+        replayed. ``scale`` maps the loss to what is backpropagated (the
+        gradient scaler and the accumulation divisor). Returns the loss as
+        computed, before ``scale``.
+        """
+        import torch
+
+        inputs = self._inputs(pairs)
+        pieces: list[list[tuple[list[str], str, Any]]] = []
+        cached: list[torch.Tensor] = []
+        with torch.no_grad():
+            for texts, kind in inputs:
+                parts, vectors = [], []
+                for start in range(0, len(texts), piece_size):
+                    piece = texts[start : start + piece_size]
+                    state = self._random_state()
+                    vectors.append(self.embed(piece, kind=kind))
+                    parts.append((piece, kind, state))
+                pieces.append(parts)
+                cached.append(torch.cat(vectors).requires_grad_())
+        loss = self.loss_of(*cached)
+        scale(loss).backward()
+        for parts, vectors in zip(pieces, cached):
+            offset = 0
+            for piece, kind, state in parts:
+                self._set_random_state(state)
+                gradient = vectors.grad[offset : offset + len(piece)]
+                self.embed(piece, kind=kind).backward(gradient=gradient)
+                offset += len(piece)
+        return float(loss.detach())
+
+    def _random_state(self) -> list[torch.Tensor]:
+        import torch
+
+        state = [torch.get_rng_state()]
+        if self.device.startswith("cuda"):
+            state.append(torch.cuda.get_rng_state(self.device))
+        return state
+
+    def _set_random_state(self, state: list[torch.Tensor]) -> None:
+        import torch
+
+        torch.set_rng_state(state[0])
+        if len(state) > 1:
+            torch.cuda.set_rng_state(state[1], self.device)
 
     def evaluate(
         self, pairs: Sequence[TrainingPair], batch_size: int = 64
@@ -429,7 +512,14 @@ class _TrainingLoop:
         import torch
 
         total = 0.0
+        piece_size = self.config.mini_batch_size
         for batch in group:
+            if piece_size is not None and piece_size < len(batch):
+                loss_value = self.trainer.backward_cached(
+                    batch, piece_size, lambda loss: scaler.scale(loss / len(group))
+                )
+                total += loss_value / len(group)
+                continue
             loss = self.trainer.loss(batch) / len(group)
             scaler.scale(loss).backward()
             total += float(loss.detach())

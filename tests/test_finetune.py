@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from semsearch import SemanticSearch
@@ -329,6 +330,83 @@ def test_finetune_triplet_needs_negatives(tmp_path: Path, tiny_model_dir: Path) 
             tmp_path / "out",
             model=tiny_model_dir,
             config=_tiny_config(loss="triplet"),
+        )
+
+
+def _gradients_after(trainer: ContrastiveTrainer, backward) -> dict[str, torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    backward()
+    return {
+        name: parameter.grad.clone()
+        for name, parameter in trainer.model.named_parameters()
+        if parameter.grad is not None
+    }
+
+
+def _assert_same_gradients(
+    expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]
+) -> None:
+    assert expected.keys() == actual.keys()
+    assert len(expected) > 10
+    for name, gradient in expected.items():
+        assert gradient.abs().max() > 0, name
+        torch.testing.assert_close(actual[name], gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_cached_gradients_match_whole_batch(tiny_model_dir: Path) -> None:
+    pairs = _pairs()[:6]
+    with_negatives = [
+        TrainingPair(p.anchor, p.positive, negative=pairs[(i + 2) % 6].positive)
+        for i, p in enumerate(pairs)
+    ]
+    trainer = ContrastiveTrainer(tiny_model_dir, _tiny_config())
+    # Without dropout, embedding in pieces changes nothing but the memory used.
+    trainer.model.eval()
+    for batch in (pairs, with_negatives):
+        whole = _gradients_after(trainer, lambda: trainer.loss(batch).backward())
+        pieces = _gradients_after(
+            trainer, lambda: trainer.backward_cached(batch, 4, lambda loss: loss)
+        )
+        _assert_same_gradients(whole, pieces)
+
+
+def test_cached_gradients_replay_dropout(tiny_model_dir: Path) -> None:
+    pairs = _pairs()[:4]
+    trainer = ContrastiveTrainer(tiny_model_dir, _tiny_config())
+    trainer.model.train()
+    whole = _gradients_after(trainer, lambda: trainer.loss(pairs).backward())
+    # One piece draws the same dropout masks as the whole batch, in both passes.
+    cached = _gradients_after(
+        trainer, lambda: trainer.backward_cached(pairs, 4, lambda loss: loss)
+    )
+    _assert_same_gradients(whole, cached)
+    # The loss comes back as computed, not as scaled for backpropagation.
+    trainer.model.eval()
+    loss = float(trainer.loss(pairs).detach())
+    scaled = trainer.backward_cached(pairs, 2, lambda value: value * 3)
+    assert scaled == pytest.approx(loss, rel=1e-5)
+
+
+def test_finetune_mini_batches_loss_goes_down(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = _tiny_config(batch_size=8, mini_batch_size=3)
+    result = finetune(_pairs(), tmp_path / "out", model=tiny_model_dir, config=config)
+    losses = [epoch.loss for epoch in result.epochs[1:]]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert result.config["mini_batch_size"] == 3
+
+
+def test_finetune_rejects_bad_mini_batch_size(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with pytest.raises(ConfigError, match="invalid mini_batch_size 0"):
+        finetune(
+            _pairs(),
+            tmp_path / "out",
+            model=tiny_model_dir,
+            config=_tiny_config(mini_batch_size=0),
         )
 
 
