@@ -573,7 +573,7 @@ class Ingester:
                 failure.append(exc)
                 continue
             report.chunks += written
-            self._flush_periodically()
+            self.store.flush_if_due()
             logger.info(
                 "wrote %d rows of %d documents (%d in total)",
                 written,
@@ -590,12 +590,6 @@ class Ingester:
                         elapsed=time.perf_counter() - started,
                     )
                 )
-
-    def _flush_periodically(self) -> None:
-        """Flush after every ``store.rows_per_flush`` rows, where the store wants it."""
-        limit = self.store.rows_per_flush
-        if limit is not None and self.store.unflushed_rows >= limit:
-            self.store.flush_after_writes(force=True)
 
     def _write_documents(
         self, documents: list[_DocumentRows], report: IngestReport

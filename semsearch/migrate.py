@@ -113,11 +113,13 @@ def migrate(
     for batch in source.iter_rows("", fields, batch_size=batch_size):
         rows = [_target_row(row, defaults) for row in batch]
         target.upsert(rows)
+        target.flush_if_due()
         copied += len(rows)
         if on_progress is not None:
             on_progress(copied, total)
 
-    target.flush()
+    # The rows are written; a failed flush is logged and the counts still checked.
+    target.flush_after_writes(force=True)
     target_rows = target.count()
     if target_rows != total:
         raise StoreError(

@@ -169,6 +169,7 @@ def _copy_rows(
             for row, vector in zip(page, vectors, strict=True)
         ]
         copied += destination.upsert(rows)
+        destination.flush_if_due()
         if on_progress is not None:
             on_progress(copied, total)
 

@@ -1057,6 +1057,16 @@ class MilvusStore:
         """
         return LITE_ROWS_PER_FLUSH if is_local_uri(self.uri) else None
 
+    def flush_if_due(self) -> None:
+        """Flush once ``rows_per_flush`` rows are pending, for a store that wants it.
+
+        Writers call this after each batch they upsert. A failed flush is logged
+        as in ``flush_after_writes``.
+        """
+        limit = self.rows_per_flush
+        if limit is not None and self.unflushed_rows >= limit:
+            self.flush_after_writes(force=True)
+
     def flush_after_writes(self, *, force: bool = False) -> None:
         """Flush at the end of a run of writes, and log a failure instead of raising.
 

@@ -19,6 +19,7 @@ from semsearch import SemanticSearch
 from semsearch import store as store_module
 from semsearch.errors import StoreError
 from semsearch.ingest import ROOT_KEY, plan_prune
+from semsearch.migrate import migrate
 from semsearch.store import MilvusStore, retry_call
 
 PARAGRAPHS = [
@@ -175,6 +176,51 @@ def test_failed_flush_keeps_ingest(tmp_path, encoder, monkeypatch, caplog):
     assert report.ok
     assert stored == report.chunks
     assert "flush of collection" in caplog.text
+    assert "disk full" in caplog.text
+
+
+def _lite_source(tmp_path, encoder) -> MilvusStore:
+    corpus = tmp_path / "corpus"
+    for number in range(3):
+        text = "\n\n".join(PARAGRAPHS[number * 6 :][:6])
+        _write(corpus / f"log{number}.txt", text)
+    uri = str(tmp_path / "source.db")
+    with SemanticSearch(uri=uri, encoder=encoder, chunk_size=48) as engine:
+        assert engine.ingest([corpus]).chunks >= 6
+    return MilvusStore(str(tmp_path / "source.db"), "semsearch")
+
+
+def test_migrate_into_lite_flushes_as_it_copies(tmp_path, encoder, monkeypatch):
+    monkeypatch.setattr(store_module, "LITE_ROWS_PER_FLUSH", 4)
+    source = _lite_source(tmp_path, encoder)
+    target = MilvusStore(str(tmp_path / "target.db"), "copy")
+    pending = []
+    flush = target.flush
+    monkeypatch.setattr(
+        target, "flush", lambda: pending.append(target.unflushed_rows) or flush()
+    )
+    with source, target:
+        report = migrate(source, target, batch_size=2)
+        stored = target.count()
+    assert report.rows == stored >= 6
+    # Every 4 rows during the copy, then the rest at the end.
+    assert pending[:-1] == [4] * (report.rows // 4)
+    assert sum(pending) == report.rows
+    assert target.unflushed_rows == 0
+
+
+def test_migrate_failed_flush_keeps_copy(tmp_path, encoder, monkeypatch, caplog):
+    source = _lite_source(tmp_path, encoder)
+    target = MilvusStore(str(tmp_path / "target.db"), "copy")
+
+    def failing_flush() -> None:
+        raise StoreError("flush failed: disk full", retryable=False)
+
+    monkeypatch.setattr(target, "flush", failing_flush)
+    with source, target:
+        report = migrate(source, target)
+        stored = target.count()
+    assert stored == report.rows >= 6
     assert "disk full" in caplog.text
 
 
