@@ -8,6 +8,8 @@ files under tmp_path.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -477,6 +479,32 @@ def test_saved_model_fingerprint_differs(tmp_path: Path, tiny_model_dir: Path) -
     tuned = Encoder(out, device="cpu").fingerprint
     assert tuned["weights_sha256"] != base["weights_sha256"]
     assert tuned["dim"] == base["dim"]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_average_weights_script(tmp_path: Path, tiny_model_dir: Path, share) -> None:
+    tuned = _trained_model(tiny_model_dir, tmp_path / "tuned")
+    out = tmp_path / "averaged"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_model_weights.py"
+    subprocess.run(
+        [sys.executable, str(script), str(tuned), str(out), "--base",
+         str(tiny_model_dir), "--share", str(share)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    texts = ["the keeper trims the wick", "ships pass the lighthouse at night"]
+    base_vectors = Encoder(tiny_model_dir, device="cpu").encode_passages(texts)
+    tuned_vectors = Encoder(tuned, device="cpu").encode_passages(texts)
+    averaged = Encoder(out, device="cpu")
+    vectors = averaged.encode_passages(texts)
+    expected = {0.0: base_vectors, 1.0: tuned_vectors}.get(share)
+    if expected is not None:
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    else:
+        assert not np.allclose(vectors, base_vectors, atol=1e-4)
+        assert not np.allclose(vectors, tuned_vectors, atol=1e-4)
+    record = json.loads((out / "semsearch_finetune.json").read_text())
+    assert record["weights_sha256"] == averaged.fingerprint["weights_sha256"]
+    assert record["averaged_with_base"]["share"] == share
 
 
 def test_save_model_writes_prompts(tmp_path: Path, tiny_model_dir: Path) -> None:
