@@ -112,8 +112,9 @@ def _lite_resident_mib(path: str, collection: str) -> float:
     """Return how much RSS a fresh process gains by opening and loading a Lite file.
 
     This is the memory Milvus Lite needs to serve the collection: its server
-    threads and its in-memory copy of the rows. An ingest into Lite holds it
-    too, because Lite runs inside the ingesting process.
+    threads and its in-memory copy of the rows. The same memory counts in the
+    peak RSS of an ingest into Lite, because Lite runs inside the ingesting
+    process.
     """
     output = subprocess.run(
         [sys.executable, "-c", _RESIDENT, path, collection],

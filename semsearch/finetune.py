@@ -247,9 +247,9 @@ class ContrastiveTrainer:
     ) -> float:
         """Backpropagate one batch's loss while embedding ``piece_size`` texts at a time.
 
-        Gradient caching (Gao et al., 2021): every text is first embedded without
-        gradients, the loss over the whole batch gives the gradient of each
-        vector, and each piece is then embedded again with gradients and
+        Gradient caching (Gao et al., 2021). First every text is embedded without
+        gradients, and the loss over the whole batch gives the gradient of each
+        vector. Then each piece is embedded again, this time with gradients, and
         backpropagated with its vectors' cached gradients. The parameters get
         the gradients of the whole batch at once, for about one more forward
         pass, and memory holds the activations of one piece only. Dropout gives
