@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from semsearch.errors import SemsearchError
 from semsearch.finetune import TRAINING_RECORD
 from semsearch.models import resolve_model
 
@@ -44,12 +45,15 @@ def main() -> None:
     if args.out.exists():
         parser.error(f"{args.out} exists; pass a new directory")
 
-    base = load_file(Path(resolve_model(args.base).path) / WEIGHTS)
-    tuned = load_file(args.tuned / WEIGHTS)
+    try:
+        base_dir = Path(resolve_model(args.base).path)
+    except SemsearchError as exc:
+        raise SystemExit(str(exc)) from None
+    base = _load_weights(base_dir)
+    tuned = _load_weights(args.tuned)
+    _check_same_architecture(base, tuned, base_dir, args.tuned)
     averaged = {}
     for name, value in tuned.items():
-        if name not in base or base[name].shape != value.shape:
-            raise SystemExit(f"tensor {name!r} has no match in the base model")
         if value.is_floating_point():
             mixed = (1 - args.share) * base[name].float() + args.share * value.float()
             averaged[name] = mixed.to(value.dtype)
@@ -60,6 +64,10 @@ def main() -> None:
         args.tuned, args.out, ignore=shutil.ignore_patterns(WEIGHTS, HASH_CACHE)
     )
     save_file(averaged, args.out / WEIGHTS, metadata={"format": "pt"})
+    config = args.out / "config.json"
+    if config.is_file():
+        # safetensors creates the file with mode 0600; match the other files.
+        (args.out / WEIGHTS).chmod(config.stat().st_mode & 0o777)
     record_path = args.out / TRAINING_RECORD
     if record_path.is_file():
         # The training record names the fine-tuned weights; note the average.
@@ -69,6 +77,43 @@ def main() -> None:
                                         "share": args.share}  # fmt: skip
         record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(averaged)} tensors, share {args.share}")
+
+
+def _load_weights(directory: Path) -> dict:
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise SystemExit(
+            f"{directory} has no {WEIGHTS}; pass a model directory with safetensors "
+            "weights, such as the output of semsearch finetune"
+        )
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors raises its own error types
+        raise SystemExit(f"cannot read {path}: {exc}") from None
+
+
+def _check_same_architecture(
+    base: dict, tuned: dict, base_dir: Path, tuned_dir: Path
+) -> None:
+    # Buffers such as position ids may be saved by one model and not the other.
+    only_base = sorted(
+        name for name in base.keys() - tuned.keys() if "position_ids" not in name
+    )
+    only_tuned = sorted(tuned.keys() - base.keys())
+    if only_base or only_tuned:
+        extra = (only_tuned or only_base)[0]
+        raise SystemExit(
+            f"the models differ in architecture: {extra!r} is in only one of "
+            f"{tuned_dir} and {base_dir} ({len(only_base) + len(only_tuned)} "
+            "tensors differ); pass the base model the fine-tuned one came from"
+        )
+    for name, value in tuned.items():
+        if base[name].shape != value.shape:
+            raise SystemExit(
+                f"the models differ in architecture: {name!r} has shape "
+                f"{tuple(value.shape)} in {tuned_dir} and {tuple(base[name].shape)} "
+                f"in {base_dir}; pass the base model the fine-tuned one came from"
+            )
 
 
 if __name__ == "__main__":

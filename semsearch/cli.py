@@ -889,8 +889,8 @@ def serve(
 @click.option(
     "--mini-batch-size",
     type=click.IntRange(min=1),
-    help="Embed each batch this many pairs at a time with cached gradients: a "
-    "large --batch-size then fits in memory, for about a third more compute.",
+    help="Embed each batch this many pairs at a time with cached gradients, so a "
+    "large --batch-size fits in memory; costs one more forward pass per batch.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -930,6 +930,12 @@ def finetune(
         raise click.UsageError(
             "--hard-negatives mines from a collection; pass --from-collection NAME, "
             "or put a 'negative' in each record of the pairs file"
+        )
+    if mini_batch_size is not None and mini_batch_size >= batch_size:
+        raise click.UsageError(
+            f"--mini-batch-size {mini_batch_size} is not smaller than --batch-size "
+            f"{batch_size}, so it would change nothing; pass a smaller value or "
+            "leave it out"
         )
     out = Path(output_dir)
     if out.is_dir() and any(out.iterdir()):

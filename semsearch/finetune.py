@@ -87,6 +87,12 @@ class FinetuneConfig:
                 f"invalid mini_batch_size {self.mini_batch_size!r}: use a positive "
                 "integer, or None to embed each batch at once"
             )
+        if self.mini_batch_size is not None and self.mini_batch_size >= self.batch_size:
+            raise ConfigError(
+                f"mini_batch_size {self.mini_batch_size} is not smaller than "
+                f"batch_size {self.batch_size}, so it would change nothing; pass a "
+                "smaller value, or none"
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"invalid loss {self.loss!r}: use one of {LOSSES}")
         if not self.learning_rate > 0:
@@ -252,7 +258,7 @@ class ContrastiveTrainer:
         vector. Then each piece is embedded again, this time with gradients, and
         backpropagated with its vectors' cached gradients. The parameters get
         the gradients of the whole batch at once, for about one more forward
-        pass, and memory holds the activations of one piece only. Dropout gives
+        pass, and memory keeps the activations of one piece only. Dropout gives
         each piece the same mask in both passes because the random state is
         replayed. ``scale`` maps the loss to what is backpropagated (the
         gradient scaler and the accumulation divisor). Returns the loss as
@@ -563,6 +569,17 @@ def _or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _match_file_modes(directory: Path) -> None:
+    """Give the weights files the permissions of the config file next to them.
+
+    safetensors 0.8 creates its files with mode 0600, while the other files
+    follow the umask.
+    """
+    mode = (directory / "config.json").stat().st_mode & 0o777
+    for weights in directory.glob("*.safetensors"):
+        weights.chmod(mode)
+
+
 def save_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -579,6 +596,7 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _match_file_modes(out)
 
     dim = int(model.config.hidden_size)
     modules = [

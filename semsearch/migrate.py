@@ -21,6 +21,7 @@ from .store import (
     CHUNK_HASH_FIELD,
     LEXICAL_FIELD,
     SPARSE_FIELD,
+    describe_fingerprint,
     is_local_uri,
     redact_uri,
 )
@@ -88,6 +89,12 @@ def migrate(
         )
     began = time.perf_counter()
     source.require()
+    if _same_collection(source, target, through_aliases=True):
+        raise ConfigError(
+            f"{source.collection!r} and {target.collection!r} at "
+            f"{redact_uri(source.uri)!r} are one collection through an alias; pass "
+            "another --to URI or --to-collection"
+        )
     fingerprint = source.fingerprint()
     if fingerprint is None:
         raise ModelMismatchError(
@@ -95,7 +102,19 @@ def migrate(
             "model fingerprint, so it was not written by semsearch; migrate a "
             "collection that semsearch created"
         )
-    target.ensure_collection(fingerprint)
+    try:
+        target.ensure_collection(fingerprint)
+    except ModelMismatchError:
+        stored = target.fingerprint()
+        if stored is None:
+            raise
+        raise ModelMismatchError(
+            f"target collection {target.collection!r} at {redact_uri(target.uri)!r} "
+            f"holds vectors of model {describe_fingerprint(stored)}, and source "
+            f"collection {source.collection!r} of model "
+            f"{describe_fingerprint(fingerprint)}; migrate into another "
+            "--to-collection, or drop the target collection first"
+        ) from None
     fields, defaults = _plan_fields(source, target)
 
     total = source.count()
@@ -142,12 +161,31 @@ def migrate(
     )
 
 
-def _same_collection(source: MilvusStore, target: MilvusStore) -> bool:
-    if source.collection != target.collection:
-        return False
+def _same_place(source: MilvusStore, target: MilvusStore) -> bool:
     if is_local_uri(source.uri) and is_local_uri(target.uri):
         return os.path.abspath(source.uri) == os.path.abspath(target.uri)
     return source.uri.rstrip("/") == target.uri.rstrip("/")
+
+
+def _same_collection(
+    source: MilvusStore, target: MilvusStore, *, through_aliases: bool = False
+) -> bool:
+    """Tell whether both stores name one collection.
+
+    With ``through_aliases``, which connects, a name that is an alias counts as
+    the collection it points to.
+    """
+    if not _same_place(source, target):
+        return False
+    if source.collection == target.collection:
+        return True
+    if not through_aliases:
+        return False
+    return _resolved(source) == _resolved(target)
+
+
+def _resolved(store: MilvusStore) -> str:
+    return store.alias_target() or store.collection
 
 
 def _plan_fields(

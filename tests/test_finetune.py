@@ -400,15 +400,19 @@ def test_finetune_mini_batches_loss_goes_down(
     assert result.config["mini_batch_size"] == 3
 
 
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [(0, "invalid mini_batch_size 0"), (4, "4 is not smaller than batch_size 4")],
+)
 def test_finetune_rejects_bad_mini_batch_size(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, size: int, message: str
 ) -> None:
-    with pytest.raises(ConfigError, match="invalid mini_batch_size 0"):
+    with pytest.raises(ConfigError, match=message):
         finetune(
             _pairs(),
             tmp_path / "out",
             model=tiny_model_dir,
-            config=_tiny_config(mini_batch_size=0),
+            config=_tiny_config(mini_batch_size=size),
         )
 
 
@@ -454,6 +458,8 @@ def test_saved_model_directory_layout(tmp_path: Path, tiny_model_dir: Path) -> N
         "semsearch_finetune.json",
     ):
         assert (out / name).is_file(), name
+    config_mode = (out / "config.json").stat().st_mode
+    assert (out / "model.safetensors").stat().st_mode == config_mode
     spec = resolve_model(out)
     assert spec.pooling == "mean"
     assert spec.normalize
@@ -505,6 +511,21 @@ def test_average_weights_script(tmp_path: Path, tiny_model_dir: Path, share) -> 
     record = json.loads((out / "semsearch_finetune.json").read_text())
     assert record["weights_sha256"] == averaged.fingerprint["weights_sha256"]
     assert record["averaged_with_base"]["share"] == share
+
+
+def test_average_weights_script_rejects_other_architecture(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_model_weights.py"
+    # The tiny model against the bundled all-MiniLM-L6-v2: same names, other shapes.
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "out")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "the models differ in architecture" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_save_model_writes_prompts(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -703,6 +724,18 @@ def test_finetune_command_negatives_need_collection(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*args, "--hard-negatives"])
     assert result.exit_code == 2
     assert "--hard-negatives mines from a collection" in result.output
+
+
+def test_finetune_command_mini_batch_not_smaller(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"anchor": "a", "positive": "p"}\n', encoding="utf-8")
+    args = ["finetune", "--pairs", str(pairs), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(
+        main, [*args, "--batch-size", "4", "--mini-batch-size", "4"]
+    )
+    assert result.exit_code == 2
+    assert "--mini-batch-size 4 is not smaller than --batch-size 4" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_finetune_command_needs_one_source(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from semsearch import SemanticSearch
 from semsearch import store as store_module
-from semsearch.errors import StoreError
+from semsearch.errors import ConfigError, ModelMismatchError, StoreError
 from semsearch.ingest import ROOT_KEY, plan_prune
 from semsearch.migrate import migrate
 from semsearch.store import MilvusStore, retry_call
@@ -222,6 +222,33 @@ def test_migrate_failed_flush_keeps_copy(tmp_path, encoder, monkeypatch, caplog)
         stored = target.count()
     assert stored == report.rows >= 6
     assert "disk full" in caplog.text
+
+
+def test_migrate_into_other_model_names_both(tmp_path, encoder):
+    source = _lite_source(tmp_path, encoder)
+    target = MilvusStore(str(tmp_path / "target.db"), "copy")
+    with source, target:
+        target.ensure_collection({"model": "another-model", "dim": 384})
+        with pytest.raises(ModelMismatchError) as caught:
+            migrate(source, target)
+        stored = target.count()
+    message = str(caught.value)
+    assert "target collection 'copy'" in message
+    assert "another-model" in message
+    assert "source collection 'semsearch'" in message
+    assert "another --to-collection" in message
+    assert stored == 0
+
+
+def test_migrate_onto_own_alias_rejected(tmp_path, encoder):
+    source = _lite_source(tmp_path, encoder)
+    with source:
+        source.create_alias("nickname", "semsearch")
+        rows = source.count()
+        target = MilvusStore(source.uri, "nickname")
+        with target, pytest.raises(ConfigError, match="one collection through an alias"):
+            migrate(source, target)
+        assert source.count() == rows
 
 
 def test_first_ingest_skips_stored_lookups(tmp_path, encoder, monkeypatch):
