@@ -185,7 +185,12 @@ def _same_collection(
 
 
 def _resolved(store: MilvusStore) -> str:
-    return store.alias_target() or store.collection
+    try:
+        return store.alias_target() or store.collection
+    except StoreError as exc:
+        # A name whose alias lookup fails counts as a plain collection name.
+        logger.debug("taking %s as no alias: %s", store.collection, exc)
+        return store.collection
 
 
 def _plan_fields(
