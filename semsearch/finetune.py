@@ -253,9 +253,9 @@ class ContrastiveTrainer:
     ) -> float:
         """Backpropagate one batch's loss while embedding ``piece_size`` texts at a time.
 
-        Gradient caching (Gao et al., 2021). First every text is embedded without
-        gradients, and the loss over the whole batch gives the gradient of each
-        vector. Then each piece is embedded again, this time with gradients, and
+        Gradient caching (Gao et al., 2021, arXiv:2101.06983). First every text
+        is embedded without gradients, and the loss over the whole batch gives
+        the gradient of each vector. Then each piece is embedded again, this time with gradients, and
         backpropagated with its vectors' cached gradients. The parameters get
         the gradients of the whole batch at once, for about one more forward
         pass, and memory keeps the activations of one piece only. Dropout gives
