@@ -91,6 +91,8 @@ def run_side(side: str, scifact: Path, count: int, uri: str | None = None) -> di
     return result
 
 
+# Run in a fresh process. The imports come before the first reading, so only
+# opening the file and loading the collection count.
 _RESIDENT = """
 import sys
 from pymilvus import MilvusClient

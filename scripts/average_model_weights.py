@@ -18,11 +18,11 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from semsearch.errors import SemsearchError
-from semsearch.finetune import TRAINING_RECORD
+from semsearch.finetune import TRAINING_RECORD, match_weights_mode
 from semsearch.models import resolve_model
 
 WEIGHTS = "model.safetensors"
-# Written by semsearch next to the weights; stale for the averaged ones.
+# semsearch caches the weights hash next to them, and the average changes it.
 HASH_CACHE = "weights-sha256.json"
 
 
@@ -64,13 +64,11 @@ def main() -> None:
         args.tuned, args.out, ignore=shutil.ignore_patterns(WEIGHTS, HASH_CACHE)
     )
     save_file(averaged, args.out / WEIGHTS, metadata={"format": "pt"})
-    config = args.out / "config.json"
-    if config.is_file():
-        # safetensors creates the file with mode 0600; match the other files.
-        (args.out / WEIGHTS).chmod(config.stat().st_mode & 0o777)
+    if (args.out / "config.json").is_file():
+        match_weights_mode(args.out)
     record_path = args.out / TRAINING_RECORD
     if record_path.is_file():
-        # The training record names the fine-tuned weights; note the average.
+        # The record names the fine-tuned weights, so it gets the average's hash.
         record = json.loads(record_path.read_text(encoding="utf-8"))
         record["weights_sha256"] = resolve_model(args.out).weights_sha256
         record["averaged_with_base"] = {"base": str(args.base or "bundled"),
@@ -89,7 +87,10 @@ def _load_weights(directory: Path) -> dict:
     try:
         return load_file(path)
     except Exception as exc:  # safetensors raises its own error types
-        raise SystemExit(f"cannot read {path}: {exc}") from None
+        raise SystemExit(
+            f"failed to read {path}: {exc}; pass a model directory whose weights "
+            "load with safetensors"
+        ) from None
 
 
 def _check_same_architecture(

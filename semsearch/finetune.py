@@ -80,19 +80,19 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"invalid {name} {value!r}: use a positive integer")
-        if self.mini_batch_size is not None and (
-            not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1
-        ):
-            raise ConfigError(
-                f"invalid mini_batch_size {self.mini_batch_size!r}: use a positive "
-                "integer, or None to embed each batch at once"
-            )
-        if self.mini_batch_size is not None and self.mini_batch_size >= self.batch_size:
-            raise ConfigError(
-                f"mini_batch_size {self.mini_batch_size} is not smaller than "
-                f"batch_size {self.batch_size}, so it would change nothing; pass a "
-                "smaller value, or none"
-            )
+        piece_size = self.mini_batch_size
+        if piece_size is not None:
+            if not isinstance(piece_size, int) or piece_size < 1:
+                raise ConfigError(
+                    f"invalid mini_batch_size {piece_size!r}: use a positive "
+                    "integer, or None to embed each batch at once"
+                )
+            if piece_size >= self.batch_size:
+                raise ConfigError(
+                    f"mini_batch_size {piece_size} is not smaller than batch_size "
+                    f"{self.batch_size}, so it would change nothing; pass a smaller "
+                    "value, or none"
+                )
         if self.loss not in LOSSES:
             raise ConfigError(f"invalid loss {self.loss!r}: use one of {LOSSES}")
         if not self.learning_rate > 0:
@@ -255,8 +255,9 @@ class ContrastiveTrainer:
 
         Gradient caching (Gao et al., 2021, arXiv:2101.06983). First every text
         is embedded without gradients, and the loss over the whole batch gives
-        the gradient of each vector. Then each piece is embedded again, this time with gradients, and
-        backpropagated with its vectors' cached gradients. The parameters get
+        the gradient of each vector. Then each piece is embedded again, this
+        time with gradients, and backpropagated with its vectors' cached
+        gradients. The parameters get
         the gradients of the whole batch at once, for about one more forward
         pass, and memory keeps the activations of one piece only. Dropout gives
         each piece the same mask in both passes because the random state is
@@ -569,7 +570,7 @@ def _or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _match_file_modes(directory: Path) -> None:
+def match_weights_mode(directory: Path) -> None:
     """Give the weights files the permissions of the config file next to them.
 
     safetensors 0.8 creates its files with mode 0600, while the other files
@@ -596,7 +597,7 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    _match_file_modes(out)
+    match_weights_mode(out)
 
     dim = int(model.config.hidden_size)
     modules = [

@@ -170,7 +170,7 @@ def _same_place(source: MilvusStore, target: MilvusStore) -> bool:
 def _same_collection(
     source: MilvusStore, target: MilvusStore, *, through_aliases: bool = False
 ) -> bool:
-    """Tell whether both stores name one collection.
+    """Return whether both stores name one collection.
 
     With ``through_aliases``, which connects, a name that is an alias counts as
     the collection it points to.
@@ -189,7 +189,11 @@ def _resolved(store: MilvusStore) -> str:
         return store.alias_target() or store.collection
     except StoreError as exc:
         # A name whose alias lookup fails counts as a plain collection name.
-        logger.debug("taking %s as no alias: %s", store.collection, exc)
+        logger.debug(
+            "alias lookup of %s failed, taking it as a collection: %s",
+            store.collection,
+            exc,
+        )
         return store.collection
 
 
