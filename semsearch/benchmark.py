@@ -37,6 +37,8 @@ class EvalResult:
     search_seconds: float
     ann_recall_at_10: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # Query id to {doc id: score} at depth RUN_DEPTH, for write_trec_run.
+    run: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +132,7 @@ def run_benchmark(
         search_seconds=search_seconds,
         ann_recall_at_10=ann_recall,
         settings={"fusion": fusion if mode == "hybrid" else None, "filter": expression},
+        run=run,
     )
 
 

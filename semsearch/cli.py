@@ -672,6 +672,13 @@ def delete(ctx: click.Context, source_paths: tuple[str, ...]) -> None:
     "expression",
     help="Milvus expression that restricts the searched chunks, e.g. 'ordinal == 0'.",
 )
+@click.option(
+    "--save-run",
+    "run_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the ranked documents of every query (top 100) to this TREC "
+    "run file, for compare-runs or trec_eval.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handle_errors
@@ -684,6 +691,7 @@ def evaluate(
     k: int,
     ann_recall: bool,
     expression: str | None,
+    run_path: str | None,
     as_json: bool,
 ) -> None:
     """Score retrieval on a BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/).
@@ -713,6 +721,10 @@ def evaluate(
         measure_ann_recall=ann_recall,
         expression=expression,
     )
+    if run_path is not None:
+        from .evaluate import write_trec_run
+
+        write_trec_run(result.run, run_path, tag=f"semsearch-{mode}")
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
@@ -734,6 +746,73 @@ def _print_eval(result: EvalResult) -> None:
     if result.ann_recall_at_10 is not None:
         table.add_row("ANN recall@10", f"{result.ann_recall_at_10:.4f}")
     Console().print(table)
+
+
+@main.command(name="compare-runs")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--split", default="test", show_default=True, help="qrels split: qrels/<split>.tsv."
+)
+@click.option(
+    "--metric",
+    default="ndcg@10",
+    show_default=True,
+    help="Per-query metric to compare: ndcg, recall, mrr or map, with a cut-off.",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=100),
+    default=10_000,
+    show_default=True,
+    help="Random sign flips for the p-value, and resamples for the interval.",
+)
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Coverage of the bootstrap interval of the difference.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def compare_runs_command(
+    dataset_dir: str,
+    run_a: str,
+    run_b: str,
+    split: str,
+    metric: str,
+    trials: int,
+    confidence: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Test whether run B scores differently from run A on the same queries.
+
+    RUN_A and RUN_B are TREC run files, such as two `eval --save-run` outputs.
+    Prints both means, B minus A with a bootstrap interval, the p-value of a
+    paired randomization test and the per-query wins and losses. Judged queries
+    missing from a run score 0.
+    """
+    from .evaluate import load_qrels, read_trec_run
+    from .significance import compare_runs, describe
+
+    qrels = load_qrels(dataset_dir, split)
+    comparison = compare_runs(
+        qrels,
+        read_trec_run(run_a),
+        read_trec_run(run_b),
+        metric=metric,
+        trials=trials,
+        confidence=confidence,
+        seed=seed,
+    )
+    if as_json:
+        click.echo(json.dumps(comparison.to_dict()))
+        return
+    click.echo(describe(comparison))
 
 
 # -- server ------------------------------------------------------------------

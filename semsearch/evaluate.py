@@ -85,6 +85,13 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
     return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)
 
 
+def load_qrels(
+    directory: str | os.PathLike[str], split: str = "test"
+) -> dict[str, dict[str, int]]:
+    """Read only ``qrels/<split>.tsv`` of a BEIR folder, as ``load_beir`` does."""
+    return _read_qrels(_split_path(Path(directory), split))
+
+
 def _split_path(root: Path, split: str) -> Path:
     path = root / "qrels" / f"{split}.tsv"
     if path.is_file():
@@ -300,3 +307,96 @@ def _average_precision(gains: Sequence[int], num_relevant: int) -> float:
             hits += 1
             total += hits / rank
     return total / num_relevant
+
+
+def write_trec_run(
+    run: Mapping[str, Mapping[str, float]],
+    path: str | os.PathLike[str],
+    *,
+    tag: str = "semsearch",
+) -> None:
+    """Write ``run`` as a TREC run file: ``qid Q0 docid rank score tag`` per line.
+
+    Each query's documents are ranked as the metrics rank them (score
+    descending, then doc id descending), so trec_eval reads the same order. The
+    file is written beside ``path`` first and then renamed over it, so an
+    interrupted write leaves no partial file.
+    """
+    if not tag or any(ch.isspace() for ch in tag):
+        raise ConfigError(f"invalid run tag {tag!r}; use one word without spaces")
+    lines = []
+    for query_id in sorted(run):
+        _check_trec_id(query_id, "query")
+        for rank, doc_id in enumerate(_rank(query_id, run[query_id]), start=1):
+            _check_trec_id(doc_id, "doc")
+            score = float(run[query_id][doc_id])
+            lines.append(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
+
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.partial")
+    try:
+        with temporary.open("w", encoding="utf-8") as out:
+            out.writelines(lines)
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write run file {str(target)!r}: {exc.strerror or exc}; "
+            "check that the folder exists and is writable"
+        ) from exc
+
+
+def read_trec_run(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """Read a TREC run file into ``{query id: {doc id: score}}``.
+
+    Lines have six whitespace-separated fields: query id, the ignored ``Q0``
+    column, doc id, rank, score and run tag. The rank column is ignored, as
+    trec_eval ignores it, because the score orders the documents. A document
+    listed twice for one query is an error.
+    """
+    source = str(path)
+    run: dict[str, dict[str, float]] = {}
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise LoadError(source, f"cannot read run file: {exc.strerror or exc}") from exc
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise LoadError(
+                    source,
+                    f"expected 6 fields (qid Q0 docid rank score tag), "
+                    f"got {len(fields)}",
+                    number,
+                )
+            query_id, _, doc_id, _, score_text, _ = fields
+            try:
+                score = float(score_text)
+            except ValueError as exc:
+                raise LoadError(
+                    source, f"score {score_text!r} is not a number", number
+                ) from exc
+            if math.isnan(score):
+                raise LoadError(source, "score is NaN", number)
+            scores = run.setdefault(query_id, {})
+            if doc_id in scores:
+                raise LoadError(
+                    source,
+                    f"doc {doc_id!r} is listed twice for query {query_id!r}",
+                    number,
+                )
+            scores[doc_id] = score
+    if not run:
+        raise LoadError(source, "run file has no results")
+    return run
+
+
+def _check_trec_id(value: str, kind: str) -> None:
+    if not value or any(ch.isspace() for ch in value):
+        raise ConfigError(
+            f"{kind} id {value!r} is empty or contains whitespace, which a TREC "
+            "run file cannot store"
+        )
