@@ -1294,23 +1294,34 @@ def migrate(
     when the row counts differ afterwards. --index-type and --index-params
     apply to the target collection.
     """
+    from .migrate import RowCountMismatchError
+    from .store import redact_uri
+
     engine = _engine(ctx)
     console = _stderr()
-    with _RowProgress(console, "migrating") as progress:
-        report = engine.migrate_to(
-            target_uri,
-            to_collection,
-            token=to_token,
-            batch_size=batch_size,
-            on_progress=progress.update,
-        )
-    from .store import redact_uri
+    try:
+        with _RowProgress(console, "migrating") as progress:
+            report = engine.migrate_to(
+                target_uri,
+                to_collection,
+                token=to_token,
+                batch_size=batch_size,
+                on_progress=progress.update,
+            )
+    except RowCountMismatchError as exc:
+        # The copy finished, so --json callers still get the counts to act on.
+        if as_json:
+            summary = exc.report.to_dict()
+            for key in ("source_uri", "target_uri"):
+                summary[key] = redact_uri(summary[key])
+            summary["error"] = str(exc)
+            click.echo(json.dumps(summary))
+        raise
 
     if as_json:
         summary = report.to_dict()
         for key in ("source_uri", "target_uri"):
-            if isinstance(summary.get(key), str):
-                summary[key] = redact_uri(summary[key])
+            summary[key] = redact_uri(summary[key])
         click.echo(json.dumps(summary))
         return
     source_uri = redact_uri(report.source_uri)

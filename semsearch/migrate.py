@@ -64,6 +64,14 @@ class MigrationReport:
         return asdict(self)
 
 
+class RowCountMismatchError(StoreError):
+    """The target's row count differs from the source's after a full copy."""
+
+    def __init__(self, message: str, report: MigrationReport) -> None:
+        self.report = report
+        super().__init__(message)
+
+
 def migrate(
     source: MilvusStore,
     target: MilvusStore,
@@ -75,8 +83,9 @@ def migrate(
 
     Raises ConfigError for a bad batch size or when both name the same
     collection, CollectionNotFoundError when the source is missing,
-    ModelMismatchError when the target records another model, and StoreError
-    when the counts differ afterwards.
+    ModelMismatchError when the target records another model, and
+    RowCountMismatchError, which carries the report, when the counts differ
+    afterwards.
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ConfigError(
@@ -140,15 +149,7 @@ def migrate(
     # The rows are written; a failed flush is logged and the counts still checked.
     target.flush_after_writes(force=True)
     target_rows = target.count()
-    if target_rows != total:
-        raise StoreError(
-            f"row counts differ after migrating: {source.collection!r} at "
-            f"{redact_uri(source.uri)!r} has {total} rows, {target.collection!r} at "
-            f"{redact_uri(target.uri)!r} has {target_rows}. Run the migration again; if the "
-            "target holds rows the source no longer has, migrate into a new "
-            "--to-collection"
-        )
-    return MigrationReport(
+    report = MigrationReport(
         source_uri=source.uri,
         source_collection=source.collection,
         target_uri=target.uri,
@@ -159,6 +160,16 @@ def migrate(
         bm25=target.has_lexical,
         seconds=time.perf_counter() - began,
     )
+    if target_rows != total:
+        raise RowCountMismatchError(
+            f"row counts differ after migrating: {source.collection!r} at "
+            f"{redact_uri(source.uri)!r} has {total} rows, {target.collection!r} at "
+            f"{redact_uri(target.uri)!r} has {target_rows}. Run the migration again; "
+            "if the target holds rows the source no longer has, migrate into a new "
+            "--to-collection",
+            report,
+        )
+    return report
 
 
 def _same_place(source: MilvusStore, target: MilvusStore) -> bool:

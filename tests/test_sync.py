@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from semsearch import SemanticSearch
 from semsearch import store as store_module
+from semsearch.cli import main
 from semsearch.errors import ConfigError, ModelMismatchError, StoreError
 from semsearch.ingest import ROOT_KEY, plan_prune
 from semsearch.migrate import migrate
@@ -621,3 +623,27 @@ def test_store_error_marks_rejection_not_retryable(tmp_path, monkeypatch):
         with pytest.raises(StoreError) as raised:
             store.upsert(rows)
     assert not raised.value.retryable
+
+
+def test_migrate_json_reports_count_mismatch(tmp_path, encoder):
+    """A target that already holds other rows ends with more rows than the source."""
+    source = _lite_source(tmp_path, encoder)
+    source.close()
+    target_uri = str(tmp_path / "target.db")
+    extra = tmp_path / "extra"
+    _write(extra / "other.txt", PARAGRAPHS[-1])
+    with SemanticSearch(uri=target_uri, collection="copy", encoder=encoder) as engine:
+        extra_rows = engine.ingest([extra]).chunks
+    assert extra_rows >= 1
+
+    result = CliRunner().invoke(
+        main,
+        ["--uri", source.uri, "migrate", "--to", target_uri, "--to-collection",
+         "copy", "--json"],
+    )
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert payload["target_rows"] == payload["rows"] + extra_rows
+    assert payload["copied"] == payload["rows"]
+    assert "row counts differ" in payload["error"]
+    assert "row counts differ" in result.stderr
