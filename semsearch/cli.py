@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILURE = 1
+# compare-runs: a million trials over 1,000 queries take seconds, not hours.
+MAX_TRIALS = 1_000_000
 
 
 def _stderr() -> Console:
@@ -704,6 +707,12 @@ def evaluate(
     from .evaluate import load_beir
 
     dataset = load_beir(dataset_dir, split=split)
+    if run_path is not None:
+        from .evaluate import check_run_path, check_trec_ids
+
+        # Fail now rather than after the whole ingest and search.
+        check_run_path(run_path)
+        check_trec_ids(dataset.queries, dataset.corpus)
     collection = None
     if ctx.parent is None or ctx.parent.params.get("collection") is None:
         name = Path(dataset_dir).resolve().name
@@ -763,7 +772,7 @@ def _print_eval(result: EvalResult) -> None:
 )
 @click.option(
     "--trials",
-    type=click.IntRange(min=100),
+    type=click.IntRange(100, MAX_TRIALS),
     default=10_000,
     show_default=True,
     help="Random sign flips for the p-value, and resamples for the interval.",
@@ -775,7 +784,13 @@ def _print_eval(result: EvalResult) -> None:
     show_default=True,
     help="Coverage of the bootstrap interval of the difference.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
 def compare_runs_command(
@@ -799,6 +814,8 @@ def compare_runs_command(
     from .evaluate import load_qrels, read_trec_run
     from .significance import compare_runs, describe
 
+    if math.isnan(confidence):
+        raise click.BadParameter("nan is not a number", param_hint="'--confidence'")
     qrels = load_qrels(dataset_dir, split)
     comparison = compare_runs(
         qrels,

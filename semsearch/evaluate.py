@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +89,11 @@ def load_qrels(
     directory: str | os.PathLike[str], split: str = "test"
 ) -> dict[str, dict[str, int]]:
     """Read only ``qrels/<split>.tsv`` of a BEIR folder, as ``load_beir`` does."""
-    return _read_qrels(_split_path(Path(directory), split))
+    path = _split_path(Path(directory), split)
+    qrels = _read_qrels(path)
+    if not qrels:
+        raise LoadError(str(path), "qrels file has no judgements")
+    return qrels
 
 
 def _split_path(root: Path, split: str) -> Path:
@@ -112,39 +116,66 @@ def _require_file(path: Path) -> Path:
     return path
 
 
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` of a UTF-8 file, without a leading BOM.
+
+    Each line is decoded on its own, so invalid UTF-8 raises a LoadError that
+    names the line.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise LoadError(str(path), f"cannot read file: {exc.strerror or exc}") from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise LoadError(
+                    str(path),
+                    f"invalid UTF-8 at byte {exc.start} of the line; save the file "
+                    "as UTF-8",
+                    number,
+                ) from exc
+            yield number, line
+
+
 def _read_jsonl(path: Path) -> Iterable[tuple[str, dict[str, object]]]:
     """Yield ``(_id, record)`` for each non-empty line of a JSON Lines file."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LoadError(str(path), f"invalid JSON: {exc.msg}", number) from exc
-            if not isinstance(record, dict) or "_id" not in record:
-                raise LoadError(str(path), "record has no '_id' field", number)
-            yield str(record["_id"]), record
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LoadError(str(path), f"invalid JSON: {exc.msg}", number) from exc
+        if not isinstance(record, dict) or "_id" not in record:
+            raise LoadError(str(path), "record has no '_id' field", number)
+        yield str(record["_id"]), record
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """Parse a ``query-id<TAB>corpus-id<TAB>score`` file. A later duplicate row wins."""
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-            if not row or (number == 1 and row[0] == "query-id"):
-                continue
-            if len(row) < 3:
-                raise LoadError(
-                    str(path), f"expected 3 tab-separated fields, got {row!r}", number
-                )
-            try:
-                relevance = int(row[2])
-            except ValueError as exc:
-                raise LoadError(
-                    str(path), f"relevance {row[2]!r} is not an integer", number
-                ) from exc
-            qrels.setdefault(row[0], {})[row[1]] = relevance
+    numbered = list(_decoded_lines(path))
+    # Without quoting every line is exactly one row, so line numbers stay right.
+    rows = csv.reader(
+        (line for _, line in numbered), delimiter="\t", quoting=csv.QUOTE_NONE
+    )
+    for (number, _), row in zip(numbered, rows, strict=True):
+        if not row or (number == 1 and row[0] == "query-id"):
+            continue
+        if len(row) < 3:
+            raise LoadError(
+                str(path), f"expected 3 tab-separated fields, got {row!r}", number
+            )
+        try:
+            relevance = int(row[2])
+        except ValueError as exc:
+            raise LoadError(
+                str(path), f"relevance {row[2]!r} is not an integer", number
+            ) from exc
+        qrels.setdefault(row[0], {})[row[1]] = relevance
     return qrels
 
 
@@ -319,31 +350,67 @@ def write_trec_run(
 
     Each query's documents are ranked as the metrics rank them (score
     descending, then doc id descending), so trec_eval reads the same order. The
-    file is written beside ``path`` first and then renamed over it, so an
-    interrupted write leaves no partial file.
+    lines go to a hidden ``.NAME.partial`` file beside ``path``, which is then
+    renamed over it, so ``path`` never holds a partial run. A process killed
+    mid-write can leave the hidden file behind.
     """
     if not tag or any(ch.isspace() for ch in tag):
         raise ConfigError(f"invalid run tag {tag!r}; use one word without spaces")
+    check_trec_ids(run, {doc_id for scores in run.values() for doc_id in scores})
     lines = []
     for query_id in sorted(run):
-        _check_trec_id(query_id, "query")
         for rank, doc_id in enumerate(_rank(query_id, run[query_id]), start=1):
-            _check_trec_id(doc_id, "doc")
             score = float(run[query_id][doc_id])
             lines.append(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
 
-    target = Path(path)
+    target = check_run_path(path)
     temporary = target.with_name(f".{target.name}.partial")
     try:
         with temporary.open("w", encoding="utf-8") as out:
             out.writelines(lines)
         os.replace(temporary, target)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove the partial run file %s", temporary)
         raise ConfigError(
             f"cannot write run file {str(target)!r}: {exc.strerror or exc}; "
-            "check that the folder exists and is writable"
+            "pass a path in a folder that exists and is writable"
         ) from exc
+
+
+def check_run_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a Path if a run file can be created there, else raise.
+
+    Checks the name and the parent folder only, so callers can fail before a
+    long evaluation rather than after it.
+    """
+    target = Path(path)
+    if not str(path) or not target.name or target.is_dir():
+        raise ConfigError(
+            f"invalid run file path {str(path)!r}; pass a file name such as run.trec"
+        )
+    folder = target.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"cannot write run file {str(target)!r}: folder {str(folder)!r} does not "
+            "exist; create it or pass another path"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(
+            f"cannot write run file {str(target)!r}: folder {str(folder)!r} is not "
+            "writable; pass another path"
+        )
+    return target
+
+
+def check_trec_ids(query_ids: Iterable[str], doc_ids: Iterable[str]) -> None:
+    """Raise ConfigError for a query or doc id that a TREC run file cannot store."""
+    for query_id in query_ids:
+        _check_trec_id(query_id, "query")
+    for doc_id in doc_ids:
+        _check_trec_id(doc_id, "doc")
 
 
 def read_trec_run(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
@@ -352,45 +419,41 @@ def read_trec_run(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     Lines have six whitespace-separated fields: query id, the ignored ``Q0``
     column, doc id, rank, score and run tag. The rank column is ignored, as
     trec_eval ignores it, because the score orders the documents. A document
-    listed twice for one query is an error.
+    listed twice for one query is an error. An empty file is an empty run, as
+    ``eval --save-run`` writes when no query finds anything.
     """
     source = str(path)
     run: dict[str, dict[str, float]] = {}
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise LoadError(source, f"cannot read run file: {exc.strerror or exc}") from exc
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise LoadError(
-                    source,
-                    f"expected 6 fields (qid Q0 docid rank score tag), "
-                    f"got {len(fields)}",
-                    number,
-                )
-            query_id, _, doc_id, _, score_text, _ = fields
-            try:
-                score = float(score_text)
-            except ValueError as exc:
-                raise LoadError(
-                    source, f"score {score_text!r} is not a number", number
-                ) from exc
-            if math.isnan(score):
-                raise LoadError(source, "score is NaN", number)
-            scores = run.setdefault(query_id, {})
-            if doc_id in scores:
-                raise LoadError(
-                    source,
-                    f"doc {doc_id!r} is listed twice for query {query_id!r}",
-                    number,
-                )
-            scores[doc_id] = score
+    for number, line in _decoded_lines(Path(path)):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise LoadError(
+                source,
+                f"expected 6 fields (qid Q0 docid rank score tag), "
+                f"got {len(fields)}",
+                number,
+            )
+        query_id, _, doc_id, _, score_text, _ = fields
+        try:
+            score = float(score_text)
+        except ValueError as exc:
+            raise LoadError(
+                source, f"score {score_text!r} is not a number", number
+            ) from exc
+        if math.isnan(score):
+            raise LoadError(source, "score is NaN", number)
+        scores = run.setdefault(query_id, {})
+        if doc_id in scores:
+            raise LoadError(
+                source,
+                f"doc {doc_id!r} is listed twice for query {query_id!r}",
+                number,
+            )
+        scores[doc_id] = score
     if not run:
-        raise LoadError(source, "run file has no results")
+        logger.warning("run file %s has no results; every query scores 0", source)
     return run
 
 
@@ -398,5 +461,5 @@ def _check_trec_id(value: str, kind: str) -> None:
     if not value or any(ch.isspace() for ch in value):
         raise ConfigError(
             f"{kind} id {value!r} is empty or contains whitespace, which a TREC "
-            "run file cannot store"
+            "run file cannot store; drop --save-run or rename the id"
         )

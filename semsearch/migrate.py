@@ -164,9 +164,9 @@ def migrate(
         raise RowCountMismatchError(
             f"row counts differ after migrating: {source.collection!r} at "
             f"{redact_uri(source.uri)!r} has {total} rows, {target.collection!r} at "
-            f"{redact_uri(target.uri)!r} has {target_rows}. Run the migration again; "
-            "if the target holds rows the source no longer has, migrate into a new "
-            "--to-collection",
+            f"{redact_uri(target.uri)!r} has {target_rows}. If the target has more "
+            "rows, it holds rows that are not in the source: migrate into a new "
+            "--to-collection. If it has fewer, run the migration again",
             report,
         )
     return report

@@ -15,14 +15,16 @@ statistics over the per-query differences (run B minus run A) measure how much:
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from .errors import ConfigError
 from .evaluate import METRIC_NAMES, per_query_metrics
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TRIALS = 10_000
 # Trials are drawn in blocks so that memory stays at BLOCK x queries booleans.
@@ -47,6 +49,9 @@ class Comparison:
     ties: int
     trials: int
     seed: int
+    # Judged queries that a run has no results for; each scores 0 there.
+    missing_a: int = 0
+    missing_b: int = 0
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -124,10 +129,14 @@ def compare_runs(
     """
     name, cutoff = parse_metric(metric)
     key = f"{name}@{cutoff}"
+    missing = {
+        label: _missing_queries(qrels, run, label)
+        for label, run in (("A", run_a), ("B", run_b))
+    }
     per_query_a = per_query_metrics(qrels, run_a, k_values=[cutoff])
     per_query_b = per_query_metrics(qrels, run_b, k_values=[cutoff])
     query_ids = sorted(qrels)
-    return compare_scores(
+    comparison = compare_scores(
         [per_query_a[q][key] for q in query_ids],
         [per_query_b[q][key] for q in query_ids],
         metric=key,
@@ -135,12 +144,36 @@ def compare_runs(
         confidence=confidence,
         seed=seed,
     )
+    return replace(comparison, missing_a=missing["A"], missing_b=missing["B"])
+
+
+def _missing_queries(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    label: str,
+) -> int:
+    """Count judged queries without results, and reject a run for other queries."""
+    missing = sum(1 for query_id in qrels if not run.get(query_id))
+    if run and missing == len(qrels):
+        raise ConfigError(
+            f"run {label} has results for none of the {len(qrels)} judged queries, "
+            f"for example not for {min(qrels)!r}; pass a run of this dataset and split"
+        )
+    if missing:
+        logger.warning(
+            "run %s has no results for %d of %d judged queries; they score 0",
+            label,
+            missing,
+            len(qrels),
+        )
+    return missing
 
 
 def parse_metric(metric: str) -> tuple[str, int]:
     """Split a metric such as ``ndcg@10`` into its name and cut-off."""
     name, _, cutoff = metric.strip().lower().partition("@")
-    if name not in METRIC_NAMES or not cutoff.isdigit() or int(cutoff) < 1:
+    valid_cutoff = cutoff.isascii() and cutoff.isdigit() and int(cutoff) >= 1
+    if name not in METRIC_NAMES or not valid_cutoff:
         choices = ", ".join(f"{known}@10" for known in METRIC_NAMES)
         raise ConfigError(
             f"invalid metric {metric!r}; use a name and a cut-off such as {choices}"
@@ -182,10 +215,15 @@ def _bootstrap_interval(
 
 def describe(comparison: Comparison) -> str:
     """Return a one-paragraph plain-text summary of a comparison."""
-    percent = round(comparison.confidence * 100, 1)
-    level = int(percent) if math.isclose(percent, int(percent)) else percent
+    level = f"{comparison.confidence * 100:.10g}"
+    coverage = ""
+    if comparison.missing_a or comparison.missing_b:
+        coverage = (
+            f" (queries without results, which score 0: A {comparison.missing_a}, "
+            f"B {comparison.missing_b})"
+        )
     return (
-        f"{comparison.metric} over {comparison.queries} queries: "
+        f"{comparison.metric} over {comparison.queries} queries{coverage}: "
         f"A {comparison.mean_a:.4f}, B {comparison.mean_b:.4f}, "
         f"B - A {comparison.difference:+.4f} "
         f"({level} % interval {comparison.ci_low:+.4f} to {comparison.ci_high:+.4f}), "

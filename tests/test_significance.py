@@ -12,8 +12,18 @@ from click.testing import CliRunner
 
 from semsearch.cli import main
 from semsearch.errors import ConfigError, LoadError
-from semsearch.evaluate import per_query_metrics, read_trec_run, write_trec_run
-from semsearch.significance import compare_runs, compare_scores, parse_metric
+from semsearch.evaluate import (
+    load_qrels,
+    per_query_metrics,
+    read_trec_run,
+    write_trec_run,
+)
+from semsearch.significance import (
+    compare_runs,
+    compare_scores,
+    describe,
+    parse_metric,
+)
 
 from .test_eval_command import _write_beir
 
@@ -125,7 +135,9 @@ def test_parse_metric_accepts_known_names():
     assert parse_metric("recall@100") == ("recall", 100)
 
 
-@pytest.mark.parametrize("metric", ["ndcg", "ndcg@0", "precision@10", "map@x"])
+@pytest.mark.parametrize(
+    "metric", ["ndcg", "ndcg@0", "precision@10", "map@x", "ndcg@\u00b2", "ndcg@\u0661\u0660"]
+)
 def test_parse_metric_rejects(metric):
     with pytest.raises(ConfigError, match="invalid metric"):
         parse_metric(metric)
@@ -145,6 +157,32 @@ def test_compare_runs_scores_per_query():
     assert result.mean_a == pytest.approx((1 + 0.5 + 0) / 3)
     assert result.mean_b == pytest.approx(1.0)
     assert (result.wins, result.losses, result.ties) == (2, 0, 1)
+
+
+def test_compare_runs_counts_missing_queries(caplog):
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    full = {"q1": {"d1": 1.0}, "q2": {"d2": 1.0}}
+    partial = {"q1": {"d1": 1.0}}
+    result = compare_runs(qrels, full, partial, trials=200)
+    assert result.missing_a == 0
+    assert result.missing_b == 1
+    assert result.mean_b == pytest.approx(0.5)
+    assert "run B has no results for 1 of 2" in caplog.text
+
+
+def test_compare_runs_rejects_other_dataset():
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    other = {"x1": {"d1": 1.0}}
+    with pytest.raises(ConfigError, match="none of the 2 judged queries"):
+        compare_runs(qrels, qrels_run := {"q1": {"d1": 1.0}}, other, trials=200)
+    assert qrels_run == {"q1": {"d1": 1.0}}
+
+
+def test_compare_runs_accepts_empty_run():
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    result = compare_runs(qrels, {"q1": {"d1": 1.0}}, {}, trials=200)
+    assert result.mean_b == 0.0
+    assert result.missing_b == 2
 
 
 def test_trec_run_round_trip(tmp_path):
@@ -198,11 +236,43 @@ def test_read_trec_run_names_bad_line(tmp_path, content, fragment, line):
     assert caught.value.line == line
 
 
-def test_read_trec_run_empty_file(tmp_path):
+def test_read_trec_run_empty_file(tmp_path, caplog):
     path = tmp_path / "empty.trec"
     path.write_text("\n", encoding="utf-8")
-    with pytest.raises(LoadError, match="no results"):
+    assert read_trec_run(path) == {}
+    assert "has no results" in caplog.text
+
+
+def test_read_trec_run_skips_bom(tmp_path):
+    path = tmp_path / "bom.trec"
+    path.write_bytes(b"\xef\xbb\xbfq1 Q0 d1 1 0.5 t\r\nq2 Q0 d2 1 0.25 t\r\n")
+    assert read_trec_run(path) == {"q1": {"d1": 0.5}, "q2": {"d2": 0.25}}
+
+
+def test_read_trec_run_invalid_utf8(tmp_path):
+    path = tmp_path / "latin.trec"
+    path.write_bytes(b"q1 Q0 d1 1 0.5 t\n\xff\xfe junk\n")
+    with pytest.raises(LoadError, match="invalid UTF-8") as caught:
         read_trec_run(path)
+    assert caught.value.line == 2
+
+
+@pytest.mark.parametrize("name", ["", "folder", "folder/", "file.trec/run.trec"])
+def test_write_trec_run_bad_path(tmp_path, name):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.trec").write_text("", encoding="utf-8")
+    path = str(tmp_path / name) if name else ""
+    with pytest.raises(ConfigError, match="run file"):
+        write_trec_run({"q": {"d": 1.0}}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.trec", "folder"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_write_trec_run_leftover_partial_directory(tmp_path):
+    (tmp_path / ".run.trec.partial").mkdir()
+    with pytest.raises(ConfigError, match="cannot write run file"):
+        write_trec_run({"q": {"d": 1.0}}, tmp_path / "run.trec")
+    assert not (tmp_path / "run.trec").exists()
 
 
 def test_eval_save_run_then_compare(tmp_path):
@@ -245,6 +315,31 @@ def test_eval_save_run_then_compare(tmp_path):
     assert "p = 1.0000" in text.output
 
 
+def test_eval_save_run_checks_path_first(tmp_path):
+    folder = _write_beir(tmp_path / "tiny")
+    database = tmp_path / "never.db"
+    result = CliRunner().invoke(
+        main,
+        ["--uri", str(database), "eval", str(folder), "--save-run",
+         str(tmp_path / "missing" / "run.trec")],
+    )
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    # The check runs before the corpus is ingested.
+    assert not database.exists()
+
+
+def test_compare_runs_command_negative_seed(tmp_path):
+    folder = _write_beir(tmp_path / "tiny")
+    run_path = tmp_path / "run.trec"
+    write_trec_run({"q1": {"d1": 1.0}}, run_path)
+    result = CliRunner().invoke(
+        main, ["compare-runs", str(folder), str(run_path), str(run_path), "--seed", "-1"]
+    )
+    assert result.exit_code == 2
+    assert "--seed" in result.output
+
+
 def test_compare_runs_command_bad_metric(tmp_path):
     folder = _write_beir(tmp_path / "tiny")
     run_path = Path(tmp_path / "run.trec")
@@ -255,3 +350,33 @@ def test_compare_runs_command_bad_metric(tmp_path):
     )
     assert result.exit_code == 1
     assert "invalid metric 'p@5'" in result.output
+
+
+def test_load_qrels_with_bom_and_bad_bytes(tmp_path):
+    root = tmp_path / "set"
+    (root / "qrels").mkdir(parents=True)
+    qrels_path = root / "qrels" / "test.tsv"
+    qrels_path.write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert load_qrels(root) == {"q1": {"d1": 1}}
+
+    qrels_path.write_bytes(b"query-id\tcorpus-id\tscore\nq1\td\xe9\t1\n")
+    with pytest.raises(LoadError, match="invalid UTF-8") as caught:
+        load_qrels(root)
+    assert caught.value.line == 2
+
+    qrels_path.write_text("query-id\tcorpus-id\tscore\n", encoding="utf-8")
+    with pytest.raises(LoadError, match="no judgements"):
+        load_qrels(root)
+
+
+def test_describe_reports_level_and_missing():
+    result = compare_runs(
+        {"q1": {"d1": 1}, "q2": {"d2": 1}},
+        {"q1": {"d1": 1.0}, "q2": {"d2": 1.0}},
+        {"q1": {"d1": 1.0}},
+        trials=200,
+        confidence=0.999,
+    )
+    text = describe(result)
+    assert "99.9 % interval" in text
+    assert "A 0, B 1" in text
