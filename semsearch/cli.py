@@ -36,7 +36,11 @@ MAX_TRIALS = 1_000_000
 def _stderr() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True)
+    console = Console(stderr=True)
+    # Rich wraps at 80 columns when stderr is a file or pipe; a log line should
+    # stay one line there, so that grep finds it whole.
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def _handle_errors(func: F) -> F:

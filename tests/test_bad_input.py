@@ -384,3 +384,17 @@ def test_binary_files_with_text_extension_skipped(tmp_path, encoder):
     assert sorted(reasons) == ["image.md", "report.txt"]
     assert all("binary" in reason or "PDF" in reason for reason in reasons.values())
     assert sources == ["real.txt"]
+
+
+def test_cli_skip_lines_not_wrapped(tmp_path):
+    """Piped stderr keeps each skipped file on one line, however long."""
+    corpus = tmp_path / "corpus"
+    _write(corpus / "good.txt", "Lighthouses guide ships at night.")
+    binary = corpus / ("a-very-long-file-name-" * 4 + "binary.txt")
+    binary.write_bytes(b"\x00\x01\x02 not text \x00" * 20)
+    result = _cli("--uri", str(tmp_path / "w.db"), "ingest", str(corpus))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "skipped " in line]
+    assert len(lines) == 1, result.stderr
+    assert binary.name in lines[0]
+    assert "binary file" in lines[0]
