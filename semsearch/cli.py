@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .api import SemanticSearch
     from .benchmark import EvalResult
     from .ingest import IngestReport
+    from .migrate import MigrationReport
     from .types import Hit
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,8 +38,8 @@ def _stderr() -> Console:
     from rich.console import Console
 
     console = Console(stderr=True)
-    # Rich wraps at 80 columns when stderr is a file or pipe; a log line should
-    # stay one line there, so that grep finds it whole.
+    # Rich wraps at 80 columns when stderr is a file or pipe. Soft wrapping keeps
+    # each message on one line there, so grep finds it whole.
     console.soft_wrap = not console.is_terminal
     return console
 
@@ -1332,18 +1333,11 @@ def migrate(
     except RowCountMismatchError as exc:
         # The copy finished, so --json callers still get the counts to act on.
         if as_json:
-            summary = exc.report.to_dict()
-            for key in ("source_uri", "target_uri"):
-                summary[key] = redact_uri(summary[key])
-            summary["error"] = str(exc)
-            click.echo(json.dumps(summary))
+            click.echo(json.dumps(_migration_summary(exc.report, error=str(exc))))
         raise
 
     if as_json:
-        summary = report.to_dict()
-        for key in ("source_uri", "target_uri"):
-            summary[key] = redact_uri(summary[key])
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(_migration_summary(report)))
         return
     source_uri = redact_uri(report.source_uri)
     target_uri = redact_uri(report.target_uri)
@@ -1354,6 +1348,20 @@ def migrate(
         f"{'yes' if report.bm25 else 'no'}, {report.seconds:.1f} s",
         highlight=False,
     )
+
+
+def _migration_summary(
+    report: MigrationReport, error: str | None = None
+) -> dict[str, Any]:
+    """Return the report as a JSON-ready dict with tokens removed from the URIs."""
+    from .store import redact_uri
+
+    summary = report.to_dict()
+    for key in ("source_uri", "target_uri"):
+        summary[key] = redact_uri(summary[key])
+    if error is not None:
+        summary["error"] = error
+    return summary
 
 
 if __name__ == "__main__":  # pragma: no cover

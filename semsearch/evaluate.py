@@ -351,7 +351,7 @@ def write_trec_run(
     Each query's documents are ranked as the metrics rank them (score
     descending, then doc id descending), so trec_eval reads the same order. The
     lines go to a hidden ``.NAME.partial`` file beside ``path``, which is then
-    renamed over it, so ``path`` never holds a partial run. A process killed
+    renamed over it, so ``path`` never contains a partial run. A process killed
     mid-write can leave the hidden file behind.
     """
     if not tag or any(ch.isspace() for ch in tag):

@@ -626,7 +626,7 @@ def test_store_error_marks_rejection_not_retryable(tmp_path, monkeypatch):
 
 
 def test_migrate_json_reports_count_mismatch(tmp_path, encoder):
-    """A target that already holds other rows ends with more rows than the source."""
+    """A target that already contains other rows ends with more rows than the source."""
     source = _lite_source(tmp_path, encoder)
     source.close()
     target_uri = str(tmp_path / "target.db")
